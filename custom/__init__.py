@@ -1,0 +1,14 @@
+"""The Python package that the iExplain bundle configs import (``$import custom``).
+
+One concept per module, grouped by pipeline stage (see ``docs/conventions.md``):
+
+- ``custom.io``: RSPECT layout, DICOM series reading, NIfTI writing.
+- ``custom.synth``: the synthetic CTPA cohort.
+- ``custom.data``: 2.5D mini-volumes and balanced slice sampling.
+- ``custom.networks``: the 2.5D slice classifier.
+- ``custom.explain``: Integrated Gradients, hysteresis clustering, Algorithm 1.
+- ``custom.metrics``: per-PE cluster matching and FROC.
+- ``custom.report``: tables and figures of the pipeline report.
+"""
+
+__version__ = "0.1.0"

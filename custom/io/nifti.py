@@ -1,0 +1,48 @@
+"""NIfTI volumes in the project's convention: ``(Z, Y, X)`` in memory, ``(X, Y, Z)`` + RAS affine on disk."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+
+from custom.io.atomic import atomic_path
+
+__all__ = ["read_volume", "write_volume"]
+
+
+def write_volume(path: str | os.PathLike, volume_zyx: np.ndarray, affine: np.ndarray, dtype: np.dtype | type | None = None) -> None:
+    """Write a ``(Z, Y, X)`` volume as NIfTI ``(X, Y, Z)`` atomically.
+
+    Args:
+        path: destination, usually ``*.nii.gz``.
+        volume_zyx: the volume, slice-major.
+        affine: RAS affine of the on-disk ``(X, Y, Z)`` array (see ``custom.io.geometry``).
+        dtype: on-disk dtype (default: the array's own).
+    """
+    array = np.asarray(volume_zyx)
+    if array.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D (Z, Y, X) volume, got shape {array.shape}")
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    image = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), np.asarray(affine, dtype=np.float64))
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(image, str(tmp))
+
+
+def read_volume(path: str | os.PathLike, dtype: np.dtype | type | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI file written by :func:`write_volume`.
+
+    Returns:
+        ``(volume_zyx, affine)``.
+    """
+    image = nib.load(str(path))
+    data = np.asanyarray(image.dataobj)
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    return np.ascontiguousarray(data.transpose(2, 1, 0)), np.asarray(image.affine)
