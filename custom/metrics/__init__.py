@@ -1,0 +1,49 @@
+"""Evaluation of PE localisation: per-PE cluster matching, its strict IoU variant, FROC, Ignite handler.
+
+See :mod:`custom.metrics.cluster_matching` for the matching rules and the 0/0 conventions.
+"""
+
+from custom.metrics.cluster_matching import (
+    DETAIL_COLUMNS,
+    ClusterCounts,
+    ClusterMatchingMetric,
+    ClusterOverlaps,
+    cluster_overlaps,
+    count_matches,
+    label_clusters,
+    match_clusters,
+)
+from custom.metrics.froc import (
+    FP_RATES,
+    DetectionScores,
+    FROCResult,
+    average_sensitivity,
+    detection_confidences,
+    froc_curve,
+    froc_from_scores,
+    score_detections,
+    sensitivity_at,
+)
+from custom.metrics.handlers import REPORT_KEYS, ClusterMatchingMetricHandler
+
+__all__ = [
+    "DETAIL_COLUMNS",
+    "FP_RATES",
+    "REPORT_KEYS",
+    "ClusterCounts",
+    "ClusterMatchingMetric",
+    "ClusterMatchingMetricHandler",
+    "ClusterOverlaps",
+    "DetectionScores",
+    "FROCResult",
+    "average_sensitivity",
+    "cluster_overlaps",
+    "count_matches",
+    "detection_confidences",
+    "froc_curve",
+    "froc_from_scores",
+    "label_clusters",
+    "match_clusters",
+    "score_detections",
+    "sensitivity_at",
+]

@@ -1,0 +1,439 @@
+"""A folder of CT DICOM files -> one sorted, checked HU volume with its affine.
+
+Issue 2 item 4 and issue 12: the files of a study folder are grouped by ``SeriesInstanceUID``;
+one CT series is chosen (the one the caller names, else the one with most slices); its slices
+are sorted by ``ImagePositionPatient`` projected on the slice normal (never by file name,
+``InstanceNumber`` or CSV order); the stored values become HU with ``RescaleSlope`` and
+``RescaleIntercept``; ``PixelPaddingValue`` becomes air. Every inconsistency that would make the
+volume or its geometry wrong raises :class:`~custom.io.errors.InputError` naming the file.
+
+The affine comes from :func:`custom.io.geometry.affine_from_dicom` with the slice step measured
+from the real sorted positions, so a tilted gantry (positions drifting in-plane) or a non-axial
+orientation gives the affine of the real geometry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.config import IGNORE, settings
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from custom.io.codecs import LOSSY_TRANSFER_SYNTAXES, check_decodable, decode_pixels
+from custom.io.errors import InputError
+from custom.io.geometry import affine_from_dicom, slice_normal
+
+__all__ = ["CTSeries", "DicomSeriesInfo", "read_ct_series", "scan_dicom_folder"]
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_DUPLICATE_TOLERANCE_MM = 0.01
+_GAP_FACTOR = 1.5
+_DIRECTION_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True, eq=False)
+class CTSeries:
+    """One CT series read by :func:`read_ct_series`.
+
+    Attributes:
+        volume_zyx: float32 HU, shape ``(Z, Y, X)``, slices sorted along the slice normal.
+        affine: RAS affine of the on-disk ``(X, Y, Z)`` array (``custom.io.geometry``).
+        sop_uids: ``SOPInstanceUID`` of each slice, in sorted order (opaque strings).
+        study_uid: ``StudyInstanceUID``.
+        series_uid: ``SeriesInstanceUID``.
+        spacing_zyx: mm per voxel step along ``(Z, Y, X)``: the length of the slice step vector
+            (the distance between slice planes times ``1/cos(gantry tilt)``), row spacing,
+            column spacing; these are the column norms of ``affine``.
+        image_orientation: ``ImageOrientationPatient`` of the series.
+        positions: ``ImagePositionPatient`` of each slice in sorted order, LPS mm, ``(Z, 3)``.
+        source_files: the file of each slice, in sorted order.
+        transfer_syntaxes: the transfer syntax UIDs found in the series.
+        notes: what the reader decided or tolerated (series choice, ignored files, padding).
+    """
+
+    volume_zyx: np.ndarray
+    affine: np.ndarray
+    sop_uids: tuple[str, ...]
+    study_uid: str
+    series_uid: str
+    spacing_zyx: tuple[float, float, float]
+    image_orientation: tuple[float, ...]
+    positions: np.ndarray
+    source_files: tuple[Path, ...]
+    transfer_syntaxes: tuple[str, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def n_slices(self) -> int:
+        """Number of slices (``Z``)."""
+        return int(self.volume_zyx.shape[0])
+
+
+@dataclass(frozen=True)
+class DicomSeriesInfo:
+    """One series found in a folder by :func:`scan_dicom_folder`.
+
+    Attributes:
+        series_uid: ``SeriesInstanceUID``.
+        study_uid: ``StudyInstanceUID`` of its first file.
+        modality: ``Modality`` of its first file ("" when absent).
+        files: its files, sorted by path.
+        is_image: whether its files carry pixel data.
+    """
+
+    series_uid: str
+    study_uid: str
+    modality: str
+    files: tuple[Path, ...]
+    is_image: bool
+
+
+@contextlib.contextmanager
+def _lenient_value_reading() -> Iterator[None]:
+    """Read opaque UIDs (the RSPECT 12-character hex pseudo-UIDs) without a warning per element."""
+    previous = settings._reading_validation_mode
+    settings.reading_validation_mode = IGNORE
+    try:
+        yield
+    finally:
+        settings._reading_validation_mode = previous
+
+
+def _candidate_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise InputError(f"{folder}: empty folder (no files)")
+    return files
+
+
+def _read_file(path: Path, stop_before_pixels: bool) -> Dataset | None:
+    """Read one file; ``None`` for a file that is plainly not DICOM (no DICM prefix, no ``.dcm`` suffix)."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        if path.suffix.lower() == ".dcm":
+            raise InputError(f"{path}: not a DICOM file (no 'DICM' prefix; truncated or corrupt)") from None
+        return None
+    except Exception as err:  # pydicom raises many types on a damaged file; all mean the same here
+        raise InputError(f"{path}: truncated or corrupt DICOM file ({type(err).__name__}: {err})") from None
+
+
+def _has_pixels(dataset: Dataset) -> bool:
+    return any(keyword in dataset for keyword in _PIXEL_KEYWORDS)
+
+
+def _sop_class_name(dataset: Dataset) -> str:
+    sop_class = dataset.get("SOPClassUID") or getattr(dataset, "file_meta", Dataset()).get("MediaStorageSOPClassUID")
+    return UID(str(sop_class)).name if sop_class else ""
+
+
+def _group_by_series(folder: Path, stop_before_pixels: bool, notes: list[str]) -> dict[str, list[tuple[Path, Dataset]]]:
+    groups: dict[str, list[tuple[Path, Dataset]]] = {}
+    skipped = []
+    for path in _candidate_files(folder):
+        dataset = _read_file(path, stop_before_pixels)
+        if dataset is None:
+            skipped.append(path.name)
+            continue
+        image_class = "Image Storage" in _sop_class_name(dataset) or "Rows" in dataset
+        if not stop_before_pixels and not _has_pixels(dataset) and image_class:
+            raise InputError(f"{path}: truncated or corrupt file: an image ({_sop_class_name(dataset) or 'no SOP class'}) without Pixel Data")
+        series_uid = str(dataset.get("SeriesInstanceUID", "")).strip()
+        if not series_uid:
+            raise InputError(f"{path}: no SeriesInstanceUID (truncated or corrupt file?)")
+        groups.setdefault(series_uid, []).append((path, dataset))
+    if skipped:
+        notes.append(f"{folder}: ignored {len(skipped)} non-DICOM file(s): {', '.join(skipped[:5])}")
+    if not groups:
+        raise InputError(f"{folder}: no DICOM files")
+    return groups
+
+
+def _describe(series_uid: str, items: list[tuple[Path, Dataset]], stop_before_pixels: bool) -> DicomSeriesInfo:
+    first = items[0][1]
+    return DicomSeriesInfo(
+        series_uid=series_uid,
+        study_uid=str(first.get("StudyInstanceUID", "")),
+        modality=str(first.get("Modality", "")),
+        files=tuple(path for path, _ in items),
+        is_image=all("Rows" in ds for _, ds in items) if stop_before_pixels else all(_has_pixels(ds) for _, ds in items),
+    )
+
+
+def scan_dicom_folder(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
+    """List the series of a folder (read recursively) from the file headers only.
+
+    Args:
+        folder: a study or series folder.
+
+    Returns:
+        One entry per ``SeriesInstanceUID``, most files first.
+
+    Raises:
+        InputError: empty folder, or a file that is not readable DICOM.
+    """
+    with _lenient_value_reading():
+        groups = _group_by_series(Path(folder), stop_before_pixels=True, notes=[])
+        infos = [_describe(uid, items, stop_before_pixels=True) for uid, items in groups.items()]
+    return sorted(infos, key=lambda info: (-len(info.files), info.series_uid))
+
+
+def read_ct_series(
+    folder: str | os.PathLike,
+    series_uid: str | None = None,
+    padding_hu: float = -1024.0,
+    spacing_tolerance: float = 0.1,
+) -> CTSeries:
+    """Read one CT series of a folder (read recursively) into a sorted HU volume.
+
+    Args:
+        folder: a study folder (``<Study>/<Series>/*.dcm``) or a series folder.
+        series_uid: the series to read (e.g. the one the label CSV names); default: the CT image
+            series with most slices. Other series (scouts, second reconstructions, non-CT objects)
+            are ignored with a note.
+        padding_hu: HU given to pixels marked by ``PixelPaddingValue`` (and
+            ``PixelPaddingRangeLimit``): air, so stored padding never shows as a bright artefact.
+        spacing_tolerance: largest allowed deviation of a slice from the regular slice grid, as a
+            fraction of the median slice spacing.
+
+    Returns:
+        The :class:`CTSeries`.
+
+    Raises:
+        InputError: empty folder; truncated or corrupt file; no CT series; mixed Rows/Columns,
+            orientation, pixel spacing, modality or study within the series; two slices at one
+            position; a missing slice (a gap over 1.5x the median spacing); inconsistent spacing;
+            a transfer syntax no installed codec decodes; non-finite values. The message names
+            the file (or folder) and the problem.
+    """
+    folder = Path(folder)
+    notes: list[str] = []
+    with _lenient_value_reading():
+        groups = _group_by_series(folder, stop_before_pixels=False, notes=notes)
+        chosen = _select_series(folder, groups, series_uid, notes)
+        return _read_series(folder, chosen, groups[chosen], padding_hu, spacing_tolerance, notes)
+
+
+def _select_series(folder: Path, groups: dict[str, list[tuple[Path, Dataset]]], series_uid: str | None, notes: list[str]) -> str:
+    infos = {uid: _describe(uid, items, stop_before_pixels=False) for uid, items in groups.items()}
+    ct_series = sorted(
+        (info for info in infos.values() if info.is_image and info.modality == "CT"), key=lambda info: (-len(info.files), info.series_uid)
+    )
+    if series_uid is not None:
+        if series_uid not in infos:
+            found = ", ".join(f"{uid} ({info.modality or '?'}, {len(info.files)} files)" for uid, info in infos.items())
+            raise InputError(f"{folder}: series {series_uid} (named by the label CSV) is not in the folder; found: {found}")
+        info = infos[series_uid]
+        if info.modality != "CT" or not info.is_image:
+            raise InputError(f"{info.files[0]}: series {series_uid} is not a CT image series (Modality {info.modality or 'missing'})")
+        reason = "named by the label CSV"
+    else:
+        if not ct_series:
+            found = "; ".join(f"{info.files[0]}: Modality {info.modality or 'missing'}{'' if info.is_image else ', no pixel data'}" for info in infos.values())
+            raise InputError(f"{folder}: no CT image series in the folder ({found})")
+        info = ct_series[0]
+        reason = "the only CT series" if len(ct_series) == 1 else f"most slices of {len(ct_series)} CT series"
+    if len(infos) > 1:
+        notes.append(f"{folder}: using series {info.series_uid} ({len(info.files)} slices; {reason})")
+    for other in infos.values():
+        if other.series_uid == info.series_uid:
+            continue
+        kind = "CT" if other.modality == "CT" and other.is_image else f"non-CT (Modality {other.modality or 'missing'}{'' if other.is_image else ', no pixel data'})"
+        notes.append(f"{folder}: ignored {kind} series {other.series_uid} ({len(other.files)} files, e.g. {other.files[0].name})")
+    return info.series_uid
+
+
+def _floats(dataset: Dataset, keyword: str, path: Path, count: int) -> np.ndarray:
+    value = dataset.get(keyword)
+    if value is None:
+        raise InputError(f"{path}: missing {keyword}")
+    try:
+        array = np.asarray([float(v) for v in (value if isinstance(value, Sequence) and not isinstance(value, str) else [value])], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: {keyword} is not numeric: {value!r}") from None
+    if array.shape != (count,) or not np.isfinite(array).all():
+        raise InputError(f"{path}: {keyword} must be {count} finite numbers, got {value!r}")
+    return array
+
+
+def _read_series(
+    folder: Path,
+    series_uid: str,
+    items: list[tuple[Path, Dataset]],
+    padding_hu: float,
+    spacing_tolerance: float,
+    notes: list[str],
+) -> CTSeries:
+    first_path, first = items[0]
+    rows, cols = int(first.get("Rows", 0)), int(first.get("Columns", 0))
+    orientation = _floats(first, "ImageOrientationPatient", first_path, 6)
+    pixel_spacing = _floats(first, "PixelSpacing", first_path, 2)
+    study_uid = str(first.get("StudyInstanceUID", "")).strip()
+    positions = np.empty((len(items), 3))
+    seen_sops: dict[str, Path] = {}
+    for index, (path, ds) in enumerate(items):
+        _check_single_frame_ct(path, ds)
+        if (int(ds.get("Rows", 0)), int(ds.get("Columns", 0))) != (rows, cols):
+            raise InputError(
+                f"{path}: {ds.get('Rows')}x{ds.get('Columns')} pixels but {first_path.name} has {rows}x{cols} (mixed Rows/Columns in series {series_uid})"
+            )
+        iop = _floats(ds, "ImageOrientationPatient", path, 6)
+        if np.abs(iop - orientation).max() > _DIRECTION_TOLERANCE:
+            raise InputError(
+                f"{path}: ImageOrientationPatient {iop.round(5).tolist()} differs from {orientation.round(5).tolist()} of {first_path.name} "
+                f"(mixed orientation in series {series_uid})"
+            )
+        spacing = _floats(ds, "PixelSpacing", path, 2)
+        if np.abs(spacing - pixel_spacing).max() > _DIRECTION_TOLERANCE * max(1.0, float(pixel_spacing.max())):
+            raise InputError(f"{path}: PixelSpacing {spacing.tolist()} differs from {pixel_spacing.tolist()} of {first_path.name} (mixed pixel spacing)")
+        if str(ds.get("StudyInstanceUID", "")).strip() != study_uid:
+            raise InputError(f"{path}: StudyInstanceUID {ds.get('StudyInstanceUID')} differs from {study_uid} of {first_path.name} in series {series_uid}")
+        sop = str(ds.get("SOPInstanceUID", "")).strip()
+        if not sop:
+            raise InputError(f"{path}: missing SOPInstanceUID")
+        if sop in seen_sops:
+            raise InputError(f"{path}: SOPInstanceUID {sop} also in {seen_sops[sop]} (the same slice twice)")
+        seen_sops[sop] = path
+        positions[index] = _floats(ds, "ImagePositionPatient", path, 3)
+    if rows <= 0 or cols <= 0:
+        raise InputError(f"{first_path}: no image size (Rows {rows}, Columns {cols})")
+
+    normal = slice_normal(orientation)
+    order = np.argsort(positions @ normal, kind="stable")
+    items = [items[i] for i in order]
+    positions = positions[order]
+    step = _slice_step(items, positions, normal, spacing_tolerance, series_uid, notes)
+
+    syntaxes = sorted({check_decodable(ds, path) for path, ds in items})
+    lossy = [s for s in syntaxes if s in LOSSY_TRANSFER_SYNTAXES]
+    if lossy:
+        notes.append(f"{folder}: lossy transfer syntax {', '.join(UID(s).name for s in lossy)}: HU are approximate")
+    thicknesses = sorted({str(ds.get("SliceThickness", "")) for _, ds in items} - {""})
+    if len(thicknesses) > 1:
+        notes.append(f"{folder}: mixed SliceThickness {thicknesses} in series {series_uid}; the geometry follows ImagePositionPatient")
+    volume = _decode_volume(items, rows, cols, padding_hu, notes, folder)
+    affine = affine_from_dicom(orientation, positions[0], pixel_spacing, step)
+    return CTSeries(
+        volume_zyx=volume,
+        affine=affine,
+        sop_uids=tuple(str(ds.SOPInstanceUID).strip() for _, ds in items),
+        study_uid=study_uid,
+        series_uid=series_uid,
+        spacing_zyx=(float(np.linalg.norm(step)), float(pixel_spacing[0]), float(pixel_spacing[1])),
+        image_orientation=tuple(float(v) for v in orientation),
+        positions=positions,
+        source_files=tuple(path for path, _ in items),
+        transfer_syntaxes=tuple(syntaxes),
+        notes=tuple(notes),
+    )
+
+
+def _check_single_frame_ct(path: Path, ds: Dataset) -> None:
+    if str(ds.get("Modality", "")) != "CT":
+        raise InputError(f"{path}: Modality {ds.get('Modality', 'missing')} in a CT series (a non-CT file mixed into the series)")
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        raise InputError(f"{path}: multi-frame image ({ds.NumberOfFrames} frames); only single-frame CT slices are supported")
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or str(ds.get("PhotometricInterpretation", "MONOCHROME2")) != "MONOCHROME2":
+        raise InputError(
+            f"{path}: not a grayscale CT slice (SamplesPerPixel {ds.get('SamplesPerPixel')}, "
+            f"PhotometricInterpretation {ds.get('PhotometricInterpretation')}); MONOCHROME2 expected"
+        )
+
+
+def _slice_step(
+    items: list[tuple[Path, Dataset]], positions: np.ndarray, normal: np.ndarray, tolerance: float, series_uid: str, notes: list[str]
+) -> np.ndarray:
+    """The LPS step between consecutive sorted slices, after the duplicate, gap and spacing checks."""
+    if len(items) == 1:
+        path, ds = items[0]
+        thickness = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0
+        notes.append(f"{path}: single-slice series; slice step {float(thickness)} mm along the normal from the header")
+        return normal * float(thickness)
+    distances = np.diff(positions @ normal)
+    for k in np.flatnonzero(distances < _DUPLICATE_TOLERANCE_MM):
+        raise InputError(
+            f"{items[k + 1][0]}: two slices at one position: it and {items[k][0].name} are both at "
+            f"{float(positions[k] @ normal):.3f} mm along the slice normal (series {series_uid})"
+        )
+    median = float(np.median(distances))
+    for k in np.flatnonzero(distances > _GAP_FACTOR * median):
+        missing = max(1, round(distances[k] / median) - 1)
+        raise InputError(
+            f"{items[k + 1][0]}: missing slice(s) before this file: gap of {distances[k]:.3f} mm after {items[k][0].name}, "
+            f"median spacing {median:.3f} mm (about {missing} slice(s) missing in series {series_uid})"
+        )
+    for k in np.flatnonzero(np.abs(distances - median) > tolerance * median):
+        raise InputError(
+            f"{items[k + 1][0]}: inconsistent slice spacing: {distances[k]:.3f} mm after {items[k][0].name}, "
+            f"median {median:.3f} mm (tolerance {tolerance:.0%}, series {series_uid})"
+        )
+    step = (positions[-1] - positions[0]) / (len(items) - 1)
+    residual = np.linalg.norm(positions - (positions[0] + np.arange(len(items))[:, None] * step), axis=1)
+    worst = int(np.argmax(residual))
+    if residual[worst] > tolerance * median:
+        raise InputError(
+            f"{items[worst][0]}: inconsistent slice spacing: the slice is {residual[worst]:.3f} mm off the regular slice grid "
+            f"of series {series_uid} (tolerance {tolerance:.0%} of {median:.3f} mm)"
+        )
+    tilt = math.degrees(math.acos(min(1.0, float(step @ normal) / float(np.linalg.norm(step)))))
+    if tilt > 0.1:
+        notes.append(f"series {series_uid}: slice step is {tilt:.2f} deg off the slice normal (gantry tilt); the affine is sheared to match")
+    return step
+
+
+def _header_float(ds: Dataset, keyword: str, default: float, path: Path) -> float:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: {keyword} is not a number: {value!r}") from None
+
+
+def _padding_mask(stored: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    padding = ds.get("PixelPaddingValue")
+    if padding is None or stored.dtype.kind not in "iu":
+        return None
+    values = np.array([int(padding), int(ds.get("PixelPaddingRangeLimit", padding))], dtype=np.int64).astype(stored.dtype)
+    low, high = values.min(), values.max()
+    return stored == low if low == high else (stored >= low) & (stored <= high)
+
+
+def _decode_volume(items: list[tuple[Path, Dataset]], rows: int, cols: int, padding_hu: float, notes: list[str], folder: Path) -> np.ndarray:
+    volume = np.empty((len(items), rows, cols), dtype=np.float32)
+    padded = 0
+    for index, (path, ds) in enumerate(items):
+        stored = decode_pixels(ds, path)
+        if stored.shape != (rows, cols):
+            raise InputError(f"{path}: decoded pixel data has shape {stored.shape}, header says {rows}x{cols}")
+        slope = _header_float(ds, "RescaleSlope", 1.0, path)
+        intercept = _header_float(ds, "RescaleIntercept", 0.0, path)
+        if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0.0:
+            raise InputError(f"{path}: invalid rescale (RescaleSlope {slope}, RescaleIntercept {intercept})")
+        out = volume[index]
+        out[...] = stored
+        if slope != 1.0:
+            out *= np.float32(slope)
+        if intercept != 0.0:
+            out += np.float32(intercept)
+        if stored.dtype.kind == "f" and not np.isfinite(out).all():
+            raise InputError(f"{path}: NaN or infinite pixel values")
+        mask = _padding_mask(stored, ds)
+        if mask is not None and mask.any():
+            out[mask] = padding_hu
+            padded += int(mask.sum())
+    if padded:
+        notes.append(f"{folder}: {padded} pixels marked by PixelPaddingValue set to {padding_hu:g} HU")
+    return volume

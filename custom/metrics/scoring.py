@@ -1,0 +1,289 @@
+"""Score a folder of predictions against a folder of reference masks (issue 3, item 6; ``scripts/score.py``).
+
+Files are paired by the StudyInstanceUID in their names: the reference of study ``<uid>`` is
+``<reference_dir>/<uid>.nii.gz``; its prediction is ``<pred_dir>/<uid>_prob.nii.gz``, ``<uid>.nii.gz`` or
+``<uid>_mask.nii.gz`` (``kind="auto"`` takes the first that exists, in that order, so a probability map is
+preferred and gives a meaningful FROC; ``kind="prob"|"plain"|"mask"`` asks for one form only). Predictions
+whose study has no reference (e.g. positive studies without boxes, which get no label) are listed and not
+scored; references without a prediction are ignored (the reference folder may hold every split).
+
+Every study is read once; its clusters are labelled once and give the cluster counts, the strict counts and
+its FROC scores. The report::
+
+    {"cluster": {"tp", "fp", "fn", "sensitivity", "ppv", "f1", "fp_per_study"},   # pooled over studies (micro)
+     "strict": {...same keys...},
+     "froc": {"detection_threshold", "reduction", "fp_rates", "sensitivity_at_fp_rates", "average_sensitivity",
+              "n_studies", "n_references", "curve": {"fp_per_study", "sensitivity", "thresholds"}},
+     "per_study": {uid: {"prediction": file name, "cluster": {...}, "strict": {...}}},
+     "settings": {"threshold", "iou_threshold", "kind", "pred_dir", "reference_dir",
+                  "predictions_without_reference"}}
+
+(the four keys of issue 3 plus ``settings``, which records how the numbers were made.)
+
+Undefined rates (0/0, see :mod:`custom.metrics.cluster_matching`) are NaN in memory and ``null`` in the JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from custom.io.atomic import write_json_atomic
+from custom.io.errors import InputError
+from custom.io.nifti import read_volume
+from custom.metrics.cluster_matching import ClusterCounts, cluster_overlaps, count_matches
+from custom.metrics.froc import FP_RATES, DetectionScores, average_sensitivity, froc_from_scores, score_detections, sensitivity_at
+
+__all__ = [
+    "PREDICTION_SUFFIXES",
+    "StudyFiles",
+    "StudyScore",
+    "format_table",
+    "pair_studies",
+    "score_directories",
+    "score_study",
+    "write_report",
+]
+
+#: File-name suffix (before ``.nii.gz``) of each prediction form, in ``kind="auto"`` preference order.
+PREDICTION_SUFFIXES = {"prob": "_prob", "plain": "", "mask": "_mask"}
+_NIFTI = ".nii.gz"
+#: Affines that differ by less than this (mm) are the same grid (NIfTI stores them as float32).
+_AFFINE_ATOL = 1e-3
+
+
+@dataclass(frozen=True)
+class StudyFiles:
+    """A study's prediction and reference files."""
+
+    uid: str
+    prediction: Path
+    reference: Path
+
+
+@dataclass(frozen=True)
+class StudyScore:
+    """What one study contributes to the report."""
+
+    cluster: ClusterCounts
+    strict: ClusterCounts
+    froc: DetectionScores
+
+
+def _study_uid(name: str) -> tuple[str, str] | None:
+    """``(uid, kind)`` of a prediction file name, or None if it is not a NIfTI prediction."""
+    if not name.endswith(_NIFTI):
+        return None
+    stem = name[: -len(_NIFTI)]
+    for kind, suffix in PREDICTION_SUFFIXES.items():
+        if suffix and stem.endswith(suffix):
+            return stem[: -len(suffix)], kind
+    return stem, "plain"
+
+
+def pair_studies(pred_dir: str | os.PathLike, reference_dir: str | os.PathLike, kind: str = "auto") -> tuple[list[StudyFiles], list[str]]:
+    """Pair prediction and reference files by StudyInstanceUID.
+
+    Args:
+        pred_dir: folder of ``<uid>_prob.nii.gz`` / ``<uid>.nii.gz`` / ``<uid>_mask.nii.gz``.
+        reference_dir: folder of ``<uid>.nii.gz`` reference masks.
+        kind: ``"auto"`` (first of prob, plain, mask that exists) or one of :data:`PREDICTION_SUFFIXES`.
+
+    Returns:
+        ``(pairs sorted by uid, uids of predictions without a reference)``.
+
+    Raises:
+        InputError: a folder is missing, or no prediction of the requested kind has a reference.
+    """
+    if kind != "auto" and kind not in PREDICTION_SUFFIXES:
+        raise ValueError(f"kind must be 'auto' or one of {sorted(PREDICTION_SUFFIXES)}, got {kind!r}")
+    pred_dir, reference_dir = Path(pred_dir), Path(reference_dir)
+    for folder in (pred_dir, reference_dir):
+        if not folder.is_dir():
+            raise InputError(f"{folder}: not a folder")
+    found: dict[str, dict[str, Path]] = {}
+    for path in pred_dir.iterdir():
+        parsed = _study_uid(path.name)
+        if parsed is not None and path.is_file():
+            found.setdefault(parsed[0], {})[parsed[1]] = path
+    kinds = list(PREDICTION_SUFFIXES) if kind == "auto" else [kind]
+    pairs, without_reference = [], []
+    for uid in sorted(found):
+        prediction = next((found[uid][k] for k in kinds if k in found[uid]), None)
+        if prediction is None:
+            continue
+        reference = reference_dir / f"{uid}{_NIFTI}"
+        if reference.is_file():
+            pairs.append(StudyFiles(uid, prediction, reference))
+        else:
+            without_reference.append(uid)
+    if not pairs:
+        raise InputError(f"{pred_dir}: no {kind} prediction has a reference <uid>{_NIFTI} in {reference_dir}")
+    return pairs, without_reference
+
+
+def score_study(
+    prob: np.ndarray,
+    ref_mask: np.ndarray,
+    threshold: float = 0.5,
+    froc_threshold: float | None = None,
+    iou_threshold: float = 0.5,
+    reduction: str = "max",
+    slice_axis: int = 0,
+) -> StudyScore:
+    """Cluster counts, strict counts and FROC scores of one study.
+
+    Args:
+        prob: 3D probability map or binary mask (detection voxels: ``prob >= threshold``).
+        ref_mask: reference mask on the same grid (nonzero = PE).
+        threshold: binarisation threshold of the cluster and strict counts.
+        froc_threshold: binarisation threshold of the FROC candidates (default: ``threshold``).
+        iou_threshold: IoU above which a strict pair matches.
+        reduction: detection confidence for the FROC, ``"max"`` or ``"mean"``.
+        slice_axis: slice axis of the arrays (0 for the project's ``(Z, Y, X)``).
+
+    Returns:
+        The :class:`StudyScore`.
+    """
+    overlaps = cluster_overlaps(prob >= threshold, ref_mask)
+    cluster = count_matches(overlaps)
+    strict = count_matches(overlaps, strict=True, iou_threshold=iou_threshold, slice_axis=slice_axis)
+    if froc_threshold is None or froc_threshold == threshold:
+        froc = score_detections(prob, ref_mask, threshold, reduction, overlaps=overlaps)
+    else:
+        froc = score_detections(prob, ref_mask, froc_threshold, reduction)
+    return StudyScore(cluster, strict, froc)
+
+
+def _read_pair(files: StudyFiles) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        prob, pred_affine = read_volume(files.prediction)
+        ref, ref_affine = read_volume(files.reference)
+    except (OSError, ValueError) as error:
+        raise InputError(f"study {files.uid}: cannot read {files.prediction} or {files.reference}: {error}") from error
+    if prob.shape != ref.shape or not np.allclose(pred_affine, ref_affine, rtol=0.0, atol=_AFFINE_ATOL):
+        raise InputError(
+            f"{files.prediction}: grid differs from its reference {files.reference} "
+            f"(shape (Z, Y, X) {prob.shape} vs {ref.shape}; affine {pred_affine.round(4).tolist()} vs {ref_affine.round(4).tolist()})"
+        )
+    if np.issubdtype(prob.dtype, np.floating) and np.isnan(prob).any():
+        raise InputError(f"{files.prediction}: prediction contains NaN")
+    return prob, ref
+
+
+def score_directories(
+    pred_dir: str | os.PathLike,
+    reference_dir: str | os.PathLike,
+    threshold: float = 0.5,
+    kind: str = "auto",
+    froc_threshold: float | None = None,
+    iou_threshold: float = 0.5,
+    reduction: str = "max",
+    fp_rates: tuple[float, ...] = FP_RATES,
+) -> dict[str, Any]:
+    """Score every paired study (see the module docstring for pairing and the report layout).
+
+    Args:
+        pred_dir: prediction folder.
+        reference_dir: reference folder.
+        threshold: detection voxels are ``prediction >= threshold``.
+        kind: which prediction file to use (:func:`pair_studies`).
+        froc_threshold: binarisation threshold of the FROC candidates (default: ``threshold``, so the curve
+            ends at the cluster operating point; lower it for a longer curve).
+        iou_threshold: strict variant.
+        reduction: FROC detection confidence, ``"max"`` or ``"mean"``.
+        fp_rates: FP-per-study rates of the FROC average sensitivity.
+
+    Returns:
+        The report dict (NaN for undefined rates).
+
+    Raises:
+        InputError: unreadable file, prediction on another grid than its reference (names both), NaN.
+    """
+    pairs, without_reference = pair_studies(pred_dir, reference_dir, kind)
+    per_study: dict[str, Any] = {}
+    cluster, strict, froc_scores = ClusterCounts(), ClusterCounts(), []
+    for files in pairs:
+        prob, ref = _read_pair(files)
+        score = score_study(prob, ref, threshold, froc_threshold, iou_threshold, reduction)
+        cluster, strict = cluster + score.cluster, strict + score.strict
+        froc_scores.append(score.froc)
+        per_study[files.uid] = {"prediction": files.prediction.name, "cluster": score.cluster.as_dict(), "strict": score.strict.as_dict()}
+    curve = froc_from_scores(froc_scores)
+    return {
+        "cluster": cluster.as_dict(n_studies=len(pairs)),
+        "strict": strict.as_dict(n_studies=len(pairs)),
+        "froc": {
+            "detection_threshold": float(threshold if froc_threshold is None else froc_threshold),
+            "reduction": reduction,
+            "fp_rates": [float(r) for r in fp_rates],
+            "sensitivity_at_fp_rates": sensitivity_at(curve, fp_rates).tolist(),
+            "average_sensitivity": average_sensitivity(curve, fp_rates),
+            "n_studies": curve.n_studies,
+            "n_references": curve.n_references,
+            "curve": {
+                "fp_per_study": curve.fp_per_study.tolist(),
+                "sensitivity": curve.sensitivity.tolist(),
+                "thresholds": curve.thresholds.tolist(),
+            },
+        },
+        "per_study": per_study,
+        "settings": {
+            "threshold": float(threshold),
+            "iou_threshold": float(iou_threshold),
+            "kind": kind,
+            "pred_dir": str(pred_dir),
+            "reference_dir": str(reference_dir),
+            "predictions_without_reference": without_reference,
+        },
+    }
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Write the report as JSON atomically, undefined (NaN) rates as ``null``."""
+    write_json_atomic(path, _json_ready(report))
+
+
+def _cell(value: float) -> str:
+    return "   -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:6.3f}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A fixed-width table of the report: one line per study, the pooled lines, the FROC summary."""
+    header = f"{'study':<40} {'TP':>4} {'FP':>4} {'FN':>4} {'sens':>6} {'PPV':>6} {'F1':>6} | {'sTP':>4} {'sFP':>4} {'sFN':>4} {'sF1':>6}"
+
+    def line(name: str, c: dict[str, Any], s: dict[str, Any]) -> str:
+        return (
+            f"{name[-40:]:<40} {c['tp']:>4} {c['fp']:>4} {c['fn']:>4} {_cell(c['sensitivity'])} {_cell(c['ppv'])} {_cell(c['f1'])}"
+            f" | {s['tp']:>4} {s['fp']:>4} {s['fn']:>4} {_cell(s['f1'])}"
+        )
+
+    lines = [header, "-" * len(header)]
+    lines += [line(uid, row["cluster"], row["strict"]) for uid, row in report["per_study"].items()]
+    lines += ["-" * len(header), line(f"pooled ({len(report['per_study'])} studies)", report["cluster"], report["strict"])]
+    lines.append(
+        f"FP/study: cluster {_cell(report['cluster']['fp_per_study'])}, strict {_cell(report['strict']['fp_per_study'])}"
+    )
+    froc = report["froc"]
+    at = ", ".join(f"{r:g}: {_cell(s).strip()}" for r, s in zip(froc["fp_rates"], froc["sensitivity_at_fp_rates"]))
+    lines.append(f"FROC (candidates >= {froc['detection_threshold']:g}, {froc['reduction']} confidence) sensitivity at FP/study {at}")
+    lines.append(f"FROC average sensitivity {_cell(froc['average_sensitivity']).strip()}")
+    unscored = report["settings"]["predictions_without_reference"]
+    if unscored:
+        lines.append(f"not scored (no reference): {len(unscored)} predictions, e.g. {unscored[0]}")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""The student's per-study output files (``docs/conventions.md``, "Student output per study").
+
+For a study ``<uid>`` the inference writes, on the study's own grid (affine preserved):
+
+- ``<uid>_prob.nii.gz``: float32 PE probability;
+- ``<uid>_mask.nii.gz``: uint8 mask, ``probability >= threshold``;
+- ``<uid>_clusters.json``: the findings of :func:`custom.student.findings.study_findings`.
+
+All three are written atomically, so a study whose three files exist is complete and a rerun can
+skip it (:func:`pending_entries`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from custom.io.atomic import write_json_atomic
+from custom.io.errors import InputError
+from custom.io.nifti import write_volume
+from custom.student.findings import study_findings
+
+__all__ = ["SaveStudentOutputsd", "pending_entries", "student_output_paths"]
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def student_output_paths(output_dir: str | os.PathLike, study_uid: str) -> dict[str, Path]:
+    """Paths of the three output files of one study.
+
+    Returns:
+        ``{"prob": <uid>_prob.nii.gz, "mask": <uid>_mask.nii.gz, "clusters": <uid>_clusters.json}`` under ``output_dir``.
+    """
+    out = Path(output_dir)
+    return {
+        "prob": out / f"{study_uid}_prob.nii.gz",
+        "mask": out / f"{study_uid}_mask.nii.gz",
+        "clusters": out / f"{study_uid}_clusters.json",
+    }
+
+
+def pending_entries(
+    entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, uid_key: str = "study_uid", image_key: str = "image"
+) -> list[Mapping[str, Any]]:
+    """Datalist entries whose outputs are not all present yet (a rerun resumes where it stopped).
+
+    Args:
+        entries: datalist entries (``load_decathlon_datalist`` output).
+        output_dir: where the outputs are written.
+        uid_key: entry key of the StudyInstanceUID (the image file name is used when absent).
+        image_key: entry key of the image path.
+
+    Returns:
+        The entries, in order, that still need inference.
+    """
+    return [
+        e
+        for e in entries
+        if not all(p.is_file() for p in student_output_paths(output_dir, _entry_uid(e, uid_key, image_key)).values())
+    ]
+
+
+def _entry_uid(entry: Mapping[str, Any], uid_key: str, image_key: str) -> str:
+    uid = entry.get(uid_key)
+    if uid:
+        return str(uid)
+    return _uid_from_filename(str(entry[image_key]))
+
+
+def _uid_from_filename(filename: str) -> str:
+    name = os.path.basename(filename)
+    for suffix in _NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return os.path.splitext(name)[0]
+
+
+class SaveStudentOutputsd(MapTransform):
+    """Write the probability map, the mask and the findings of one study (a postprocessing transform).
+
+    Args:
+        keys: the key of the PE probability, one channel, ``(1, X, Y, Z)`` on the image grid.
+        output_dir: destination folder.
+        threshold: a voxel is PE when its probability is at least this value (also the findings threshold).
+        image_key: the key of the input image; its affine and file name are used.
+        uid_key: the key of the StudyInstanceUID (falls back to the image file name).
+        min_voxels: smallest cluster reported in the findings (the mask is not filtered).
+        allow_missing_keys: see ``MapTransform``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        threshold: float = 0.5,
+        image_key: str = "image",
+        uid_key: str = "study_uid",
+        min_voxels: int = 1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.threshold = float(threshold)
+        self.image_key = image_key
+        self.uid_key = uid_key
+        self.min_voxels = int(min_voxels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d[self.image_key]
+        source = str(image.meta.get("filename_or_obj", "")) if isinstance(image, MetaTensor) else ""
+        uid = str(d[self.uid_key]) if d.get(self.uid_key) else _uid_from_filename(source)
+        affine = self._image_affine(image, d, source or uid)
+        for key in self.key_iterator(d):
+            self._write(d[key], image, affine, uid, source or uid)
+        return d
+
+    def _image_affine(self, image: Any, d: Mapping[Hashable, Any], source: str) -> np.ndarray:
+        if isinstance(image, MetaTensor):
+            return np.asarray(torch.as_tensor(image.affine).detach().cpu(), dtype=np.float64)
+        meta = d.get(f"{self.image_key}_meta_dict")
+        if meta is None or "affine" not in meta:
+            raise InputError(f"{source}: the image has no affine; load it with LoadImaged so the outputs keep its grid")
+        return np.asarray(meta["affine"], dtype=np.float64)
+
+    def _write(self, pred: Any, image: Any, affine: np.ndarray, uid: str, source: str) -> None:
+        prob = torch.as_tensor(pred).detach().float().cpu().numpy()
+        if prob.ndim != 4 or prob.shape[0] != 1:
+            raise InputError(f"{source}: expected a one-channel (1, X, Y, Z) probability, got shape {prob.shape}")
+        image_shape = tuple(torch.as_tensor(image).shape[1:])
+        if tuple(prob.shape[1:]) != image_shape:
+            raise InputError(f"{source}: prediction grid {prob.shape[1:]} differs from the image grid {image_shape}")
+        if not np.isfinite(prob).all():
+            raise InputError(f"{source}: the probability map has NaN or infinite values")
+        prob_zyx = np.ascontiguousarray(prob[0].transpose(2, 1, 0))
+        paths = student_output_paths(self.output_dir, uid)
+        write_volume(paths["prob"], prob_zyx, affine, dtype=np.float32)
+        write_volume(paths["mask"], prob_zyx >= self.threshold, affine, dtype=np.uint8)
+        findings = study_findings(prob_zyx, affine, uid, threshold=self.threshold, min_voxels=self.min_voxels)
+        write_json_atomic(paths["clusters"], findings)
