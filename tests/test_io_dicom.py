@@ -1,0 +1,347 @@
+"""custom.io.dicom and custom.io.codecs: sorting, HU, geometry, codecs, bad inputs, real pydicom-data files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_factory import hu_volume, uid_counter, write_ct_series
+from pydicom.data import get_testdata_file
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from custom.io.codecs import PREFERRED_PLUGINS, decode_pixels, decoding_plugin
+from custom.io.dicom import read_ct_series, scan_dicom_folder
+from custom.io.errors import InputError
+from custom.io.geometry import LPS_TO_RAS
+
+ALL_LOSSLESS = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless, JPEGLSLossless, JPEG2000Lossless]
+
+
+def _voxel_to_lps(positions, orientation, pixel_spacing, i, j, k):
+    iop = np.asarray(orientation, dtype=float)
+    return positions[k] + i * pixel_spacing[1] * iop[:3] + j * pixel_spacing[0] * iop[3:]
+
+
+def _check_affine(series, positions, orientation, pixel_spacing):
+    """Every corner voxel of the affine lands on the DICOM position of that pixel."""
+    n, rows, cols = series.volume_zyx.shape
+    for i, j, k in [(0, 0, 0), (cols - 1, 0, 0), (0, rows - 1, n - 1), (cols - 1, rows - 1, n // 2)]:
+        expected = LPS_TO_RAS[:3, :3] @ _voxel_to_lps(positions, orientation, pixel_spacing, i, j, k)
+        np.testing.assert_allclose(series.affine @ [i, j, k, 1.0], [*expected, 1.0], atol=1e-3)
+
+
+def test_hu_round_trip_and_affine(tmp_path):
+    hu = hu_volume(7)
+    info = write_ct_series(tmp_path / "s", hu, pixel_spacing=(0.7, 0.9))
+    series = read_ct_series(tmp_path / "s")
+    assert series.volume_zyx.dtype == np.float32
+    np.testing.assert_array_equal(series.volume_zyx, hu)
+    assert list(series.sop_uids) == info["sop_uids"]
+    assert series.study_uid == info["study_uid"] and series.series_uid == info["series_uid"]
+    assert series.spacing_zyx == pytest.approx((1.25, 0.7, 0.9))
+    _check_affine(series, info["positions"], (1, 0, 0, 0, 1, 0), (0.7, 0.9))
+    assert series.notes == ()
+
+
+def test_rescale_slope_and_intercept(tmp_path):
+    hu = np.rint(hu_volume(3) / 2) * 2 + 24  # even stored steps: HU = 2 * stored - 1000
+    write_ct_series(tmp_path / "s", hu, slope=2.0, intercept=-1000.0)
+    np.testing.assert_array_equal(read_ct_series(tmp_path / "s").volume_zyx, hu)
+
+
+def test_order_is_geometric_not_names_nor_instance_numbers(tmp_path):
+    hu = hu_volume(9, seed=1)
+    n = hu.shape[0]
+    # file names sort the opposite way to z; InstanceNumber runs against z and is scrambled
+    names = [f"{chr(ord('z') - k)}.dcm" for k in range(n)]
+    instance = list(np.random.default_rng(3).permutation(n) + 1)[::-1]
+    info = write_ct_series(tmp_path / "s", hu, file_names=names, instance_numbers=instance, origin=(0, 0, -300.0))
+    series = read_ct_series(tmp_path / "s")
+    np.testing.assert_array_equal(series.volume_zyx, hu)
+    assert list(series.sop_uids) == info["sop_uids"]
+    assert [p.name for p in series.source_files] == names
+    assert np.all(np.diff(series.positions[:, 2]) > 0)
+
+
+def test_descending_positions_are_sorted_along_the_normal(tmp_path):
+    hu = hu_volume(5, seed=2)
+    positions = np.array([[0, 0, 50.0 - 2 * k] for k in range(5)])  # written top-down
+    write_ct_series(tmp_path / "s", hu, positions=positions)
+    series = read_ct_series(tmp_path / "s")
+    np.testing.assert_array_equal(series.volume_zyx, hu[::-1])
+    assert series.affine[2, 2] == pytest.approx(2.0)
+
+
+def test_tilted_gantry_and_oblique_orientation_affine(tmp_path):
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    orientation = (c, s, 0.0, 0.0, 0.0, -1.0)  # oblique, non-axial (rows along x/y, columns down -z)
+    iop = np.asarray(orientation)
+    normal = np.cross(iop[:3], iop[3:])
+    hu = hu_volume(6, seed=4)
+    tilt_shift = 0.4 * iop[3:]  # positions drift in-plane each slice: a tilted gantry
+    positions = np.array([[10.0, -20.0, 30.0] + k * (1.5 * normal + tilt_shift) for k in range(6)])
+    write_ct_series(tmp_path / "s", hu, positions=positions, orientation=orientation, pixel_spacing=(0.6, 0.8))
+    series = read_ct_series(tmp_path / "s")
+    np.testing.assert_array_equal(series.volume_zyx, hu)
+    _check_affine(series, positions, orientation, (0.6, 0.8))
+    assert series.spacing_zyx[0] == pytest.approx(np.linalg.norm(1.5 * normal + tilt_shift), abs=1e-3)
+    assert any("gantry tilt" in note for note in series.notes)
+
+
+def test_mixed_transfer_syntaxes_decode_exactly(tmp_path):
+    hu = hu_volume(len(ALL_LOSSLESS), seed=5)
+    write_ct_series(tmp_path / "s", hu, transfer_syntax=ALL_LOSSLESS)
+    series = read_ct_series(tmp_path / "s")
+    np.testing.assert_array_equal(series.volume_zyx, hu)
+    assert set(series.transfer_syntaxes) == set(ALL_LOSSLESS)
+
+
+def test_plugin_preferences_are_installed():
+    assert decoding_plugin(RLELossless) == "pylibjpeg"
+    assert decoding_plugin(JPEG2000Lossless) == "pylibjpeg"
+    assert decoding_plugin(JPEGLSLossless) == "pyjpegls"
+    assert decoding_plugin("1.2.840.10008.1.2.4.70") == "pylibjpeg"
+    assert decoding_plugin(ExplicitVRLittleEndian) == ""
+    assert "pylibjpeg" in PREFERRED_PLUGINS["1.2.840.10008.1.2.4.70"]
+
+
+def test_pixel_padding_value_becomes_air(tmp_path):
+    hu = hu_volume(3, seed=6)
+    hu[:, :4, :] = -3024.0  # stored -2000 with intercept -1024: the padding value
+    write_ct_series(tmp_path / "s", hu, padding_value=-2000)
+    series = read_ct_series(tmp_path / "s")
+    assert np.all(series.volume_zyx[:, :4, :] == -1024.0)
+    np.testing.assert_array_equal(series.volume_zyx[:, 4:, :], hu[:, 4:, :])
+    assert any("PixelPaddingValue" in note for note in series.notes)
+
+
+def test_unsigned_wrapped_padding_value_is_not_a_bright_artefact(tmp_path):
+    hu = hu_volume(2, seed=7)
+    hu[:, :, :3] = -3024.0
+    info = write_ct_series(tmp_path / "s", hu)
+    for path in info["files"]:  # a padding value written as the unsigned twin of -2000 (63536)
+        ds = pydicom.dcmread(path)
+        ds.add_new(0x00280120, "US", 63536)
+        ds.save_as(path)
+    volume = read_ct_series(tmp_path / "s").volume_zyx
+    assert volume.max() == hu[:, :, 3:].max() and np.all(volume[:, :, :3] == -1024.0)
+
+
+def test_mixed_slice_thickness_is_noted_and_geometry_follows_positions(tmp_path):
+    hu = hu_volume(4, seed=8)
+    write_ct_series(tmp_path / "s", hu, slice_thickness=[1.25, 2.5, 1.25, 5.0])
+    series = read_ct_series(tmp_path / "s")
+    assert series.spacing_zyx[0] == pytest.approx(1.25)
+    assert any("mixed SliceThickness" in note for note in series.notes)
+
+
+def test_several_series_pick_most_slices_or_the_named_one(tmp_path):
+    study = tmp_path / "study"
+    study_uid = uid_counter()
+    scout = write_ct_series(study / "scout", hu_volume(2, seed=9), study_uid=study_uid, orientation=(1, 0, 0, 0, 0, -1))
+    main = write_ct_series(study / "main", hu_volume(6, seed=10), study_uid=study_uid)
+    recon = write_ct_series(study / "recon", hu_volume(4, seed=11), study_uid=study_uid, slice_spacing=2.5)
+    write_ct_series(study / "mr", hu_volume(8, seed=12), study_uid=study_uid, modality="MR")
+    series = read_ct_series(study)
+    assert series.series_uid == main["series_uid"] and series.n_slices == 6
+    joined = "\n".join(series.notes)
+    assert f"using series {main['series_uid']}" in joined and "most slices of 3 CT series" in joined
+    assert scout["series_uid"] in joined and "non-CT (Modality MR" in joined
+    named = read_ct_series(study, series_uid=recon["series_uid"])
+    assert named.n_slices == 4 and "named by the label CSV" in "\n".join(named.notes)
+    with pytest.raises(InputError, match="not in the folder"):
+        read_ct_series(study, series_uid="abcdef123456")
+    listed = scan_dicom_folder(study)
+    assert [(info.modality, len(info.files)) for info in listed] == [("MR", 8), ("CT", 6), ("CT", 4), ("CT", 2)]
+
+
+def test_hex_pseudo_uids_are_opaque_strings(tmp_path):
+    sops = ["00000000e123", "0a1b2c3d4e5f", "000000000001"]
+    write_ct_series(tmp_path / "s", hu_volume(3), study_uid="6897fa9de148", series_uid="0e5bd8e2b5b4", sop_uids=sops)
+    series = read_ct_series(tmp_path / "s")
+    assert series.study_uid == "6897fa9de148" and series.series_uid == "0e5bd8e2b5b4"
+    assert list(series.sop_uids) == sops
+
+
+# ---- bad inputs: each names the file and the problem -------------------------------------------
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless])
+def test_truncated_pixel_data(tmp_path, syntax):
+    info = write_ct_series(tmp_path / "s", hu_volume(4), transfer_syntax=syntax)
+    bad = info["files"][2]
+    bad.write_bytes(bad.read_bytes()[:-100])
+    with pytest.raises(InputError, match=rf"{bad.name}.*(truncated|corrupt)"):
+        read_ct_series(tmp_path / "s")
+
+
+def test_truncated_header(tmp_path):
+    info = write_ct_series(tmp_path / "s", hu_volume(4))
+    bad = info["files"][1]
+    bad.write_bytes(bad.read_bytes()[:300])
+    with pytest.raises(InputError, match=rf"{bad.name}.*(truncated|corrupt)"):
+        read_ct_series(tmp_path / "s")
+
+
+def test_not_dicom_dcm_file(tmp_path):
+    write_ct_series(tmp_path / "s", hu_volume(3))
+    (tmp_path / "s" / "junk.dcm").write_bytes(b"not a dicom file at all" * 10)
+    with pytest.raises(InputError, match=r"junk\.dcm: not a DICOM file"):
+        read_ct_series(tmp_path / "s")
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty.*empty folder"):
+        read_ct_series(tmp_path / "empty")
+
+
+def test_only_non_ct_series(tmp_path):
+    info = write_ct_series(tmp_path / "s", hu_volume(3), modality="MR")
+    with pytest.raises(InputError, match=rf"no CT image series.*{info['files'][0].name}: Modality MR"):
+        read_ct_series(tmp_path / "s")
+
+
+def test_non_ct_file_inside_the_ct_series(tmp_path):
+    study_uid, series_uid = uid_counter(), uid_counter()
+    write_ct_series(tmp_path / "s", hu_volume(4), study_uid=study_uid, series_uid=series_uid)
+    odd = write_ct_series(tmp_path / "s", hu_volume(1), study_uid=study_uid, series_uid=series_uid, modality="MR", origin=(-60, -45, 200.0))
+    with pytest.raises(InputError, match=rf"{odd['files'][0].name}: Modality MR in a CT series"):
+        read_ct_series(tmp_path / "s")
+
+
+def test_missing_slice(tmp_path):
+    info = write_ct_series(tmp_path / "s", hu_volume(6))
+    info["files"][3].unlink()
+    with pytest.raises(InputError, match=rf"{info['files'][4].name}: missing slice.*gap of 2.500 mm"):
+        read_ct_series(tmp_path / "s")
+
+
+def test_two_slices_at_one_position(tmp_path):
+    positions = np.array([[0, 0, z] for z in (0.0, 1.0, 2.0, 2.0, 3.0)])
+    info = write_ct_series(tmp_path / "s", hu_volume(5), positions=positions)
+    with pytest.raises(InputError, match=r"two slices at one position") as caught:
+        read_ct_series(tmp_path / "s")
+    assert info["files"][2].name in str(caught.value) and info["files"][3].name in str(caught.value)
+
+
+def test_inconsistent_spacing(tmp_path):
+    positions = np.array([[0, 0, z] for z in (0.0, 1.0, 2.0, 3.3, 4.3, 5.3)])
+    info = write_ct_series(tmp_path / "s", hu_volume(6), positions=positions)
+    with pytest.raises(InputError, match=rf"{info['files'][3].name}: inconsistent slice spacing"):
+        read_ct_series(tmp_path / "s")
+
+
+def test_drifting_spacing_off_the_grid(tmp_path):
+    z = np.concatenate([np.arange(10) * 0.95, 9 * 0.95 + np.arange(1, 11) * 1.05])
+    write_ct_series(tmp_path / "s", hu_volume(20), positions=np.stack([np.zeros(20), np.zeros(20), z], axis=1))
+    with pytest.raises(InputError, match=r"off the regular slice grid"):
+        read_ct_series(tmp_path / "s")
+
+
+def test_mixed_rows_columns(tmp_path):
+    study_uid, series_uid = uid_counter(), uid_counter()
+    write_ct_series(tmp_path / "s", hu_volume(3), study_uid=study_uid, series_uid=series_uid)
+    odd = write_ct_series(tmp_path / "s", hu_volume(1, rows=40), study_uid=study_uid, series_uid=series_uid, origin=(-60, -45, 110.0))
+    with pytest.raises(InputError, match=r"mixed Rows/Columns") as caught:
+        read_ct_series(tmp_path / "s")
+    assert "40x40" in str(caught.value) and odd["files"][0].name in str(caught.value)
+
+
+def test_mixed_orientation(tmp_path):
+    study_uid, series_uid = uid_counter(), uid_counter()
+    write_ct_series(tmp_path / "s", hu_volume(3), study_uid=study_uid, series_uid=series_uid)
+    odd = write_ct_series(tmp_path / "s", hu_volume(1), study_uid=study_uid, series_uid=series_uid, orientation=(1, 0, 0, 0, 0.995, 0.0998749), origin=(0, 0, 120.0))
+    with pytest.raises(InputError, match=r"mixed orientation") as caught:
+        read_ct_series(tmp_path / "s")
+    assert odd["files"][0].name in str(caught.value)
+
+
+def test_transfer_syntax_without_codec_is_named(tmp_path):
+    info = write_ct_series(tmp_path / "s", hu_volume(3), transfer_syntax=JPEG2000Lossless)
+    bad = info["files"][1]
+    ds = pydicom.dcmread(bad)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no installed image codec
+    ds.save_as(bad)
+    with pytest.raises(InputError, match=rf"{bad.name}: transfer syntax 'MPEG2 Main Profile / Main Level' \(1\.2\.840\.10008\.1\.2\.4\.100\)"):
+        read_ct_series(tmp_path / "s")
+
+
+def test_nan_rescale(tmp_path):
+    info = write_ct_series(tmp_path / "s", hu_volume(3))
+    bad = info["files"][0]
+    ds = pydicom.dcmread(bad)
+    with pytest.warns(UserWarning, match="NaN"):
+        ds.RescaleSlope = "NaN"
+    ds.save_as(bad)
+    with pytest.raises(InputError, match=rf"{bad.name}: invalid rescale"):
+        read_ct_series(tmp_path / "s")
+
+
+# ---- real files nobody here wrote (pydicom-data, pydicom test files) ---------------------------
+
+
+def _single(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name.replace(".", "_")
+    folder.mkdir()
+    shutil.copy(get_testdata_file(name), folder / name)
+    return folder
+
+
+def test_real_693_j2kr_equals_uncompressed_twin(tmp_path):
+    j2kr, uncr = get_testdata_file("693_J2KR.dcm"), get_testdata_file("693_UNCR.dcm")
+    stored_j2k = decode_pixels(pydicom.dcmread(j2kr), j2kr)
+    stored_raw = decode_pixels(pydicom.dcmread(uncr), uncr)
+    np.testing.assert_array_equal(stored_j2k, stored_raw)
+    hu_j2k = read_ct_series(_single(tmp_path, "693_J2KR.dcm")).volume_zyx
+    hu_raw = read_ct_series(_single(tmp_path, "693_UNCR.dcm")).volume_zyx
+    np.testing.assert_array_equal(hu_j2k, hu_raw)
+    expected = stored_raw.astype(np.float32) - 1024.0  # RescaleSlope 1, RescaleIntercept -1024
+    expected[stored_raw == -2000] = -1024.0  # PixelPaddingValue -2000: air, not -3024
+    np.testing.assert_array_equal(hu_raw[0], expected)
+
+
+def test_real_jpeg_lossless_process14_decodes():
+    path = get_testdata_file("JPEG-LL.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    stored = decode_pixels(ds, path)
+    assert stored.shape == (1024, 256) and stored.dtype == np.int16
+    # reference values from pydicom's own pixel tests for this file
+    assert tuple(stored[400, 124:132]) == (60, 58, 61, 68, 59, 65, 64, 67)
+    assert tuple(stored[600, 124:132]) == (3, 1, 2, 0, 2, 1, 2, 0)
+
+
+def test_real_ct_small_hu(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    raw = np.frombuffer(ds.PixelData, dtype="<i2").reshape(ds.Rows, ds.Columns)  # independent of any decoder
+    series = read_ct_series(_single(tmp_path, "CT_small.dcm"))
+    np.testing.assert_array_equal(series.volume_zyx[0], raw.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+    assert float(ds.RescaleIntercept) == -1024.0 and series.volume_zyx.min() > -1024.0
+    _check_affine(series, np.array([[float(v) for v in ds.ImagePositionPatient]]), [float(v) for v in ds.ImageOrientationPatient], [float(v) for v in ds.PixelSpacing])
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_implicit.dcm"])
+def test_real_lossless_twins_decode_exactly(name):
+    reference_path = get_testdata_file("MR_small.dcm")
+    reference = np.frombuffer(pydicom.dcmread(reference_path).PixelData, dtype="<i2").reshape(64, 64)
+    path = get_testdata_file(name)
+    np.testing.assert_array_equal(decode_pixels(pydicom.dcmread(path), path), reference)
+
+
+def test_real_deflated_file_decodes():
+    path = get_testdata_file("image_dfl.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    stored = decode_pixels(ds, path)
+    assert stored.shape == (ds.Rows, ds.Columns) and stored.size == len(ds.PixelData) * 8 // ds.BitsAllocated
