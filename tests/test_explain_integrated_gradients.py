@@ -72,7 +72,7 @@ def test_agrees_with_captum_scalar_reference(model, inputs):
 
 
 def test_independent_of_max_batch(model, inputs):
-    results = [integrated_gradients(model, inputs, 0.0, n_steps=10, max_batch=b) for b in (1, 7, 30, 1000)]
+    results = [integrated_gradients(model, inputs, 0.0, n_steps=10, max_batch=b) for b in (2, 7, 30, 1000)]
     for result in results[1:]:
         torch.testing.assert_close(result, results[0], atol=1e-7, rtol=1e-5)
 

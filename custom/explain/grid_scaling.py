@@ -9,7 +9,7 @@ are), a length of ``L`` pixels becomes ``L * f`` with ``f = sqrt(H * W) / 512`` 
 counts along z are unchanged. The paper does not report its pixel spacing, so the scaling uses the
 grid size, not the spacing.
 
-Rounding: voxel counts to the nearest integer (at least 1); neighbourhood sizes to the nearest odd
+Rounding: voxel counts to the nearest integer, halves up (at least 1); neighbourhood sizes to the nearest odd
 integer (at least 1, a box needs a centre).
 """
 
@@ -48,6 +48,10 @@ def _nearest_odd(value: float) -> int:
     return max(1, lower if value - lower <= lower + 2 - value else lower + 2)
 
 
+def _nearest_count(value: float) -> int:
+    return max(1, math.floor(value + 0.5))
+
+
 def scale_paper_settings(
     height: int,
     width: int,
@@ -79,8 +83,8 @@ def scale_paper_settings(
     depth, rows, columns = (int(n) for n in neighbourhood)
     return GridSettings(
         neighbourhood=(depth, _nearest_odd(rows * factor), _nearest_odd(columns * factor)),
-        min_voxels=max(1, round(min_voxels * factor**2)),
-        min_cluster_voxels=max(1, round(min_cluster_voxels * factor**2)),
+        min_voxels=_nearest_count(min_voxels * factor**2),
+        min_cluster_voxels=_nearest_count(min_cluster_voxels * factor**2),
         max_center_distance_px=max_center_distance_px * factor,
         blur_sigma_px=blur_sigma_px * factor,
     )
