@@ -12,3 +12,7 @@ One concept per module, grouped by pipeline stage (see ``docs/conventions.md``):
 """
 
 __version__ = "0.1.0"
+
+from custom.bundle import bundle_root
+
+__all__ = ["__version__", "bundle_root"]

@@ -1,0 +1,148 @@
+"""The classifier bundle through the MONAI bundle CLI: train, resume, evaluate, infer, multi-GPU (gloo), checks."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from custom.handlers import best_f1_threshold
+from custom.io.nifti import write_volume
+from custom.networks import SliceClassifier
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "classifier"
+TINY = ["--model_name", "tf_efficientnetv2_b0", "--feature_stage", "1", "--num_workers", "0", "--channels_last", "False"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """A copy of the bundle (so models/ lands in tmp) and a tiny prepared cohort in its data/ folder."""
+    root = tmp_path_factory.mktemp("classifier")
+    bundle = root / "classifier"
+    shutil.copytree(BUNDLE / "configs", bundle / "configs")
+    data = bundle / "data"
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(6):
+        volume = rng.normal(40, 30, (12, 48, 48)).astype(np.int16)
+        labels = np.zeros(12, dtype=int)
+        if i % 2 == 0:
+            labels[4:8] = 1
+            volume[4:8, 20:24, 20:24] = 400
+        uid = f"study{i}"
+        write_volume(data / "images" / f"{uid}.nii.gz", volume, np.eye(4))
+        entries.append({"image": f"images/{uid}.nii.gz", "study_uid": uid, "n_slices": 12,
+                        "slice_labels": labels.tolist(), "pe_present": int(labels.any())})
+    (data / "datalist.json").write_text(json.dumps({"training": entries[:4], "validation": entries[4:], "test": entries[4:]}))
+    return bundle
+
+
+def _run(args, cwd, env_extra=None, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_network_zero_initialised_head_and_shallow_receptive_field():
+    torch.manual_seed(0)
+    full = SliceClassifier("tf_efficientnetv2_b0")
+    shallow = SliceClassifier("tf_efficientnetv2_b0", feature_stage=1)
+    x = torch.randn(2, 7, 64, 64)
+    assert full(x).shape == (2, 1) and shallow(x).shape == (2, 1)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(full(x), torch.tensor([[0.0], [1.0]]))
+    assert loss.item() == pytest.approx(np.log(2), abs=1e-6)
+    # the shallow backbone's response at one position depends on a small window of the input only
+    # (eval mode: batch-norm statistics of a training batch would couple all positions)
+    shallow.eval()
+    probe = torch.randn(1, 7, 64, 64, requires_grad=True)
+    feature_map = shallow.backbone.forward_intermediates(probe, indices=(1,), intermediates_only=True)[-1]
+    feature_map[0, :, 8, 8].sum().backward()
+    rows = torch.nonzero(probe.grad.abs().sum((0, 1)).sum(1))
+    assert 0 < rows.max() - rows.min() + 1 <= 24
+
+
+def test_best_f1_threshold_matches_brute_force():
+    rng = np.random.default_rng(3)
+    scores, labels = rng.random(200), rng.random(200) < 0.2
+    threshold, f1 = best_f1_threshold(scores, labels)
+    best = 0.0
+    for t in np.unique(scores):
+        predicted = scores >= t
+        tp = (predicted & labels).sum()
+        best = max(best, 2 * tp / (predicted.sum() + labels.sum()))
+    assert f1 == pytest.approx(best)
+    predicted = scores >= threshold
+    assert 2 * (predicted & labels).sum() / (predicted.sum() + labels.sum()) == pytest.approx(best)
+
+
+def test_workflow_properties_are_complete(tiny_bundle):
+    from monai.bundle import ConfigWorkflow
+
+    configs = tiny_bundle / "configs"
+    overrides = {"model_name": "tf_efficientnetv2_b0", "feature_stage": 1, "num_workers": 0}
+    train = ConfigWorkflow(config_file=str(configs / "train.json"), workflow_type="train", **overrides)
+    train.initialize()
+    assert not train.check_properties()
+    assert train.bundle_root == str(tiny_bundle)  # resolved from the config files' location
+    infer = ConfigWorkflow(config_file=str(configs / "inference.json"), workflow_type="infer", **overrides)
+    infer.initialize()
+    assert not infer.check_properties()
+
+
+def test_train_resume_evaluate_infer_through_cli(tiny_bundle, tmp_path):
+    configs = tiny_bundle / "configs"
+    # from an unrelated working directory, without --bundle_root: outputs land in the bundle
+    train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(configs / "train.json"),
+             *TINY, "--epoch_length", "2", "--batch_size", "4", "--val_batch_size", "8"]
+    _run(train + ["--epochs", "1"], cwd=tmp_path)
+    models = tiny_bundle / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
+    threshold = json.loads((models / "threshold.json").read_text())
+    assert 0.0 <= threshold["threshold"] <= 1.0 and "slice_auc" in threshold
+    # resume: a second run with more epochs continues from epoch 1
+    proc = _run(train + ["--epochs", "2"], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
+    assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
+    assert (models / "checkpoint_epoch=2.pt").is_file()
+
+    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+          str([str(configs / "train.json"), str(configs / "evaluate.json")]), *TINY, "--val_batch_size", "8"], cwd=tmp_path)
+    metrics = dict(csv.reader((tiny_bundle / "eval" / "metrics.csv").open()))
+    assert {"val_auc", "slice_auc", "slice_f1", "study_auc"} <= set(metrics)
+
+    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs / "inference.json"), *TINY], cwd=tmp_path)
+    probabilities = json.loads((tiny_bundle / "output" / "slice_probabilities.json").read_text())
+    assert sorted(probabilities) == ["study4", "study5"] and all(len(p) == 12 for p in probabilities.values())
+
+
+@pytest.mark.slow
+def test_multi_gpu_configs_on_cpu_with_gloo(tiny_bundle, tmp_path):
+    configs = tiny_bundle / "configs"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "monai.bundle", "run"]
+    out = tmp_path / "mgpu"
+    common = [*TINY, "--bundle_root", str(out), "--dataset_dir", str(tiny_bundle / "data")]
+    _run(torchrun + ["training", "--config_file", str([str(configs / "train.json"), str(configs / "multi_gpu_train.json")]),
+                     *common, "--epochs", "1", "--epoch_length", "2", "--batch_size", "2", "--val_batch_size", "4"], cwd=tmp_path)
+    assert (out / "models" / "model.pt").is_file()
+    _run(torchrun + ["--config_file", str([str(configs / f) for f in ("train.json", "evaluate.json", "multi_gpu_evaluate.json")]),
+                     *common, "--val_batch_size", "4"], cwd=tmp_path)
+    assert (out / "eval" / "metrics.csv").is_file()
+    _run(torchrun + ["--config_file", str([str(configs / "inference.json"), str(configs / "multi_gpu_inference.json")]), *common], cwd=tmp_path)
+    probabilities = json.loads((out / "output" / "slice_probabilities.json").read_text())
+    assert all(len(p) == 12 for p in probabilities.values()) and len(probabilities) == 2
+
+
+def test_verify_net_in_out(tiny_bundle, tmp_path):
+    configs = tiny_bundle / "configs"
+    _run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", str(configs / "metadata.json"),
+          "--config_file", str(configs / "train.json"), "--network_def#model_name", "tf_efficientnetv2_b0",
+          "--network_def#feature_stage", "2"], cwd=tmp_path)
