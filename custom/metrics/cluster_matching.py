@@ -34,8 +34,10 @@ pair then matches only when the 3D IoU between the boxified detection and the PE
 ``iou_threshold`` (strictly greater, default 0.5); tp / fn / fp follow from these pairs by the rule above.
 Detections are *identified* on the unboxified prediction, so boxification never merges two detections.
 
-Speed: masks are sparse, so labelling and matching run inside the bounding box of the nonzero voxels
-(``scipy.ndimage.label`` on the crop; labels equal those of a full-volume labelling).
+Speed: masks are sparse, so each volume is scanned once for its foreground voxels (a streaming pass through
+a small reusable buffer), and labelling and matching then work on those voxels only: they are grouped by
+occupied 8x8x8 blocks and each group is labelled by ``scipy.ndimage.label`` in its own small bounding box.
+Labels equal those of a full-volume ``scipy.ndimage.label`` (``benchmarks/bench_score.py`` measures both).
 """
 
 from __future__ import annotations
@@ -58,12 +60,20 @@ __all__ = [
     "ClusterOverlaps",
     "cluster_overlaps",
     "count_matches",
+    "foreground_index",
     "label_clusters",
     "match_clusters",
 ]
 
 #: 26-connectivity in 3D.
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+
+#: Side (voxels) of the blocks that group the foreground before labelling (see ``_label_voxels``).
+_BLOCK = 8
+#: Voxels per chunk when scanning a volume for its foreground (a reusable 4 MiB boolean buffer).
+_CHUNK_VOXELS = 1 << 22
+#: Foreground size above which labelling switches from per-group crops to one dense slab.
+_DENSE_VOXELS = 1 << 21
 
 #: Columns of one per-study row of :class:`ClusterMatchingMetric` (its buffer and its handler's details).
 DETAIL_COLUMNS = ("tp", "fp", "fn", "sensitivity", "ppv", "f1")
@@ -135,32 +145,82 @@ def _check_3d(*arrays: np.ndarray) -> None:
             raise ValueError(f"prediction and reference differ in shape: {shape} vs {array.shape}")
 
 
-def _bounding_box(*masks: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box holding every nonzero voxel of all ``masks`` (same shape), or None if all are empty."""
-    box: list[slice] = []
-    for axis in range(masks[0].ndim):
-        other_axes = tuple(a for a in range(masks[0].ndim) if a != axis)
-        profile = np.zeros(masks[0].shape[axis], dtype=bool)
-        for mask in masks:
-            profile |= mask.any(axis=other_axes)
-        hits = np.flatnonzero(profile)
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
+def foreground_index(volume: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Sorted C-order flat indices of the foreground voxels of a 3D volume, in one streaming pass.
+
+    Args:
+        volume: a 3D array (any strides).
+        threshold: foreground is ``volume >= threshold``; ``None``: foreground is ``volume != 0``.
+
+    Returns:
+        int64 flat indices into ``volume.shape`` (C order), ascending (raster order).
+    """
+    plane = int(np.prod(volume.shape[1:]))
+    rows = max(1, _CHUNK_VOXELS // max(plane, 1))
+    buffer = np.empty((rows,) + volume.shape[1:], dtype=bool)  # reused: no page faults, stays in cache
+    parts = []
+    for start in range(0, volume.shape[0], rows):
+        chunk = volume[start : start + rows]
+        hits = buffer[: chunk.shape[0]]
+        if threshold is None:
+            np.not_equal(chunk, 0, out=hits)
+        else:
+            np.greater_equal(chunk, threshold, out=hits)
+        parts.append(np.flatnonzero(hits) + start * plane)
+    return np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, dtype=np.int64)
 
 
-def _label_crop(mask_crop: np.ndarray) -> tuple[np.ndarray, int]:
-    labels, count = ndimage.label(mask_crop, structure=CONNECTIVITY_26)
-    return labels.astype(np.int32, copy=False), int(count)
+def _label_voxels(index: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """26-connected components of the voxel set ``index`` (sorted flat indices), numbered in raster order.
+
+    Voxels are grouped by the 26-connected components of their occupied ``_BLOCK``-sized blocks (two
+    26-adjacent voxels lie in the same or in 26-adjacent blocks, so no component spans two groups); each group
+    is labelled with ``scipy.ndimage.label`` inside its own tight bounding box. The cost follows the
+    foreground, not the volume. Above ``_DENSE_VOXELS`` foreground voxels the slab of slices holding them is
+    labelled densely instead (less memory than per-voxel coordinates).
+    """
+    if index.size == 0:
+        return np.zeros(0, dtype=np.int32), 0
+    if index.size > _DENSE_VOXELS:  # a dense foreground (e.g. an untrained model): label its slab densely
+        plane = int(np.prod(shape[1:]))
+        first_slice, last_slice = int(index[0]) // plane, int(index[-1]) // plane
+        slab = np.zeros((last_slice - first_slice + 1,) + tuple(shape[1:]), dtype=bool)
+        local = index - first_slice * plane
+        slab.reshape(-1)[local] = True
+        slab_labels, count = ndimage.label(slab, structure=CONNECTIVITY_26)
+        return slab_labels.reshape(-1)[local].astype(np.int32), int(count)
+    coords = np.stack(np.unravel_index(index, shape))  # (3, N)
+    blocks = coords // _BLOCK
+    occupied = np.zeros(tuple(int(b) + 1 for b in blocks.max(axis=1)), dtype=bool)
+    occupied[tuple(blocks)] = True
+    block_labels, _ = ndimage.label(occupied, structure=CONNECTIVITY_26)
+    group = block_labels[tuple(blocks)]
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    labels = np.zeros(index.size, dtype=np.int64)
+    count = 0
+    for members in np.split(order, bounds):
+        local = coords[:, members]
+        low = local.min(axis=1, keepdims=True)
+        local = local - low
+        crop = np.zeros(tuple(int(h) + 1 for h in local.max(axis=1)), dtype=bool)
+        crop[tuple(local)] = True
+        crop_labels, crop_count = ndimage.label(crop, structure=CONNECTIVITY_26)
+        labels[members] = crop_labels[tuple(local)] + count
+        count += int(crop_count)
+    # renumber by first voxel in raster order, as a full-volume scipy.ndimage.label would
+    provisional, first = np.unique(labels, return_index=True)
+    renumber = np.zeros(count + 1, dtype=np.int32)
+    renumber[provisional[np.argsort(first)]] = np.arange(1, count + 1, dtype=np.int32)
+    return renumber[labels], count
 
 
 def label_clusters(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """3D connected components (26-connectivity) of the nonzero voxels of ``mask``.
 
-    Labelling runs inside the bounding box of the nonzero voxels only; the result equals
-    ``scipy.ndimage.label(mask != 0, structure=np.ones((3, 3, 3)))`` (same numbering: raster order of the
-    first voxel of each component).
+    Only the foreground is labelled (see :func:`cluster_overlaps`), so sparse masks are fast; the result
+    equals ``scipy.ndimage.label(mask != 0, structure=np.ones((3, 3, 3)))``, numbering included (raster order
+    of each component's first voxel).
 
     Args:
         mask: a 3D array; every nonzero voxel is foreground.
@@ -171,92 +231,124 @@ def label_clusters(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """
     mask = np.asarray(mask)
     _check_3d(mask)
+    index = foreground_index(mask)
+    voxel_labels, count = _label_voxels(index, mask.shape)
     labels = np.zeros(mask.shape, dtype=np.int32)
-    foreground = mask != 0
-    box = _bounding_box(foreground)
-    if box is None:
-        return labels, 0
-    labels[box], count = _label_crop(foreground[box])
+    labels.reshape(-1)[index] = voxel_labels
     return labels, count
 
 
 @dataclass(frozen=True)
 class ClusterOverlaps:
-    """Detections and PEs of one study, labelled on a shared crop, and which of them touch.
+    """Detections and PEs of one study as labelled voxel lists, and which of them touch.
 
     Attributes:
-        pred_labels: detection labels (``1..n_pred``) inside ``crop``.
-        ref_labels: PE labels (``1..n_ref``) inside ``crop``.
+        shape: the volume shape.
+        pred_index: sorted flat (C-order) indices of the detection voxels.
+        pred_labels: detection label (``1..n_pred``, raster order) of each detection voxel.
         n_pred: number of detections.
+        ref_index: sorted flat indices of the reference voxels.
+        ref_labels: PE label (``1..n_ref``) of each reference voxel.
         n_ref: number of reference PEs.
-        crop: the box of the full volume that the label arrays cover (the union bounding box of both masks).
-        pairs: ``(k, 2)`` int array of distinct ``(detection label, PE label)`` pairs sharing at least one voxel.
+        pairs: ``(k, 2)`` int64 array of distinct ``(detection label, PE label)`` pairs sharing a voxel.
     """
 
+    shape: tuple[int, ...]
+    pred_index: np.ndarray
     pred_labels: np.ndarray
-    ref_labels: np.ndarray
     n_pred: int
+    ref_index: np.ndarray
+    ref_labels: np.ndarray
     n_ref: int
-    crop: tuple[slice, ...]
     pairs: np.ndarray
 
 
-def cluster_overlaps(pred_mask: np.ndarray, ref_mask: np.ndarray) -> ClusterOverlaps:
+def cluster_overlaps(pred: np.ndarray, ref_mask: np.ndarray, threshold: float | None = None) -> ClusterOverlaps:
     """Label detections and PEs (26-connectivity) and find every (detection, PE) pair that shares a voxel.
 
+    Works on the foreground voxels only: one streaming pass per volume finds them, and labelling and
+    matching then cost in proportion to the foreground.
+
     Args:
-        pred_mask: binarised prediction, 3D; nonzero voxels are foreground.
-        ref_mask: reference mask of the same shape; nonzero voxels are foreground.
+        pred: 3D prediction: a binary mask (``threshold=None``: nonzero voxels are detection voxels) or a
+            probability map (detection voxels: ``pred >= threshold``).
+        ref_mask: reference mask of the same shape; nonzero voxels are PEs.
+        threshold: see ``pred``.
 
     Returns:
         The :class:`ClusterOverlaps` of the study.
     """
-    pred = np.asarray(pred_mask) != 0
-    ref = np.asarray(ref_mask) != 0
-    _check_3d(pred, ref)
-    box = _bounding_box(pred, ref)
-    if box is None:
-        empty = np.zeros((0,) * pred.ndim, dtype=np.int32)
-        return ClusterOverlaps(empty, empty, 0, 0, tuple(slice(0, 0) for _ in range(pred.ndim)), np.zeros((0, 2), np.int64))
-    pred_labels, n_pred = _label_crop(pred[box])
-    ref_labels, n_ref = _label_crop(ref[box])
-    both = (pred_labels > 0) & (ref_labels > 0)
-    codes = np.unique(pred_labels[both].astype(np.int64) * (n_ref + 1) + ref_labels[both])
+    pred, ref_mask = np.asarray(pred), np.asarray(ref_mask)
+    _check_3d(pred, ref_mask)
+    pred_index = foreground_index(pred, threshold)
+    ref_index = foreground_index(ref_mask)
+    pred_labels, n_pred = _label_voxels(pred_index, pred.shape)
+    ref_labels, n_ref = _label_voxels(ref_index, pred.shape)
+    # shared voxels: look every reference voxel up among the (sorted) detection voxels
+    position = np.minimum(np.searchsorted(pred_index, ref_index), max(pred_index.size - 1, 0))
+    shared = pred_index[position] == ref_index if pred_index.size else np.zeros(ref_index.size, dtype=bool)
+    codes = np.unique(pred_labels[position[shared]].astype(np.int64) * (n_ref + 1) + ref_labels[shared])
     pairs = np.stack([codes // (n_ref + 1), codes % (n_ref + 1)], axis=1)
-    return ClusterOverlaps(pred_labels, ref_labels, n_pred, n_ref, box, pairs)
+    return ClusterOverlaps(tuple(pred.shape), pred_index, pred_labels, n_pred, ref_index, ref_labels, n_ref, pairs)
 
 
-def _boxify_per_slice(detection: np.ndarray, slice_axis: int) -> np.ndarray:
-    """Replace the voxels of a 3D boolean ``detection`` on each slice by their filled bounding rectangle."""
-    stack = np.moveaxis(detection, slice_axis, 0)
-    rows = stack.any(axis=2)  # (slices, rows)
-    cols = stack.any(axis=1)  # (slices, cols)
-    present = rows.any(axis=1)
-    first_row, last_row = rows.argmax(axis=1), rows.shape[1] - 1 - rows[:, ::-1].argmax(axis=1)
-    first_col, last_col = cols.argmax(axis=1), cols.shape[1] - 1 - cols[:, ::-1].argmax(axis=1)
-    row_index, col_index = np.arange(rows.shape[1]), np.arange(cols.shape[1])
-    in_rows = (row_index >= first_row[:, None]) & (row_index <= last_row[:, None]) & present[:, None]
-    in_cols = (col_index >= first_col[:, None]) & (col_index <= last_col[:, None])
-    boxes = in_rows[:, :, None] & in_cols[:, None, :]
-    return np.moveaxis(boxes, 0, slice_axis)
+def _slice_boxes(overlaps: ClusterOverlaps, slice_axis: int) -> np.ndarray:
+    """One row ``(detection, slice, row0, row1, col0, col1)`` (inclusive bounds) per detection per slice it touches.
+
+    Rows and columns are the two non-slice axes in their array order.
+    """
+    coords = np.stack(np.unravel_index(overlaps.pred_index, overlaps.shape))
+    in_plane = [a for a in range(3) if a != slice_axis]
+    key = overlaps.pred_labels.astype(np.int64) * overlaps.shape[slice_axis] + coords[slice_axis]
+    order = np.argsort(key, kind="stable")
+    key, rows, cols = key[order], coords[in_plane[0]][order], coords[in_plane[1]][order]
+    starts = np.r_[0, np.flatnonzero(np.diff(key)) + 1]
+    detection, slice_index = np.divmod(key[starts], overlaps.shape[slice_axis])
+    return np.stack(
+        [
+            detection,
+            slice_index,
+            np.minimum.reduceat(rows, starts),
+            np.maximum.reduceat(rows, starts),
+            np.minimum.reduceat(cols, starts),
+            np.maximum.reduceat(cols, starts),
+        ],
+        axis=1,
+    )
 
 
 def _strict_pairs(overlaps: ClusterOverlaps, iou_threshold: float, slice_axis: int) -> np.ndarray:
     """``(detection, PE)`` pairs whose 3D IoU (detection boxified per slice) is above ``iou_threshold``."""
     if overlaps.n_pred == 0 or overlaps.n_ref == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    ref_sizes = np.bincount(overlaps.ref_labels.ravel(), minlength=overlaps.n_ref + 1)
-    pairs = []
-    for label, box in enumerate(ndimage.find_objects(overlaps.pred_labels), start=1):
-        if box is None:
+    boxes = _slice_boxes(overlaps, slice_axis)
+    areas = (boxes[:, 3] - boxes[:, 2] + 1) * (boxes[:, 5] - boxes[:, 4] + 1)
+    boxified_sizes = np.bincount(boxes[:, 0], weights=areas, minlength=overlaps.n_pred + 1)
+    pe_sizes = np.bincount(overlaps.ref_labels, minlength=overlaps.n_ref + 1)
+    # reference voxels grouped by slice, to intersect each box with the PE voxels of its slice only
+    ref_coords = np.stack(np.unravel_index(overlaps.ref_index, overlaps.shape))
+    in_plane = [a for a in range(3) if a != slice_axis]
+    by_slice = np.argsort(ref_coords[slice_axis], kind="stable")
+    ref_slices = ref_coords[slice_axis][by_slice]
+    ref_rows, ref_cols = ref_coords[in_plane[0]][by_slice], ref_coords[in_plane[1]][by_slice]
+    ref_pes = overlaps.ref_labels[by_slice]
+    first = np.searchsorted(ref_slices, boxes[:, 1], side="left")
+    last = np.searchsorted(ref_slices, boxes[:, 1], side="right")
+    intersection: dict[tuple[int, int], int] = {}
+    for (detection, _, row0, row1, col0, col1), lo, hi in zip(boxes.tolist(), first.tolist(), last.tolist()):
+        if lo == hi:
             continue
-        boxified = _boxify_per_slice(overlaps.pred_labels[box] == label, slice_axis)
-        intersection = np.bincount(overlaps.ref_labels[box][boxified], minlength=overlaps.n_ref + 1)
-        intersection[0] = 0
-        touched = np.flatnonzero(intersection)
-        iou = intersection[touched] / (int(boxified.sum()) + ref_sizes[touched] - intersection[touched])
-        pairs.extend((label, int(pe)) for pe in touched[iou > iou_threshold])
-    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        rows, cols = ref_rows[lo:hi], ref_cols[lo:hi]
+        inside = (rows >= row0) & (rows <= row1) & (cols >= col0) & (cols <= col1)
+        pes, counts = np.unique(ref_pes[lo:hi][inside], return_counts=True)
+        for pe, n in zip(pes.tolist(), counts.tolist()):
+            intersection[(detection, pe)] = intersection.get((detection, pe), 0) + n
+    pairs = [
+        (detection, pe)
+        for (detection, pe), inter in intersection.items()
+        if inter / (boxified_sizes[detection] + pe_sizes[pe] - inter) > iou_threshold
+    ]
+    return np.asarray(sorted(pairs), dtype=np.int64).reshape(-1, 2)
 
 
 def count_matches(

@@ -49,13 +49,15 @@ FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 _REDUCTIONS = {"max": ndimage.maximum, "mean": ndimage.mean}
 
 
-def _confidences(prob_crop: np.ndarray, labels: np.ndarray, count: int, reduction: str) -> np.ndarray:
+def _confidences(prob: np.ndarray, overlaps: ClusterOverlaps, reduction: str) -> np.ndarray:
+    """Per detection (label order), the ``reduction`` of ``prob`` over its voxels."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {sorted(_REDUCTIONS)}, got {reduction!r}")
-    if count == 0:
+    if overlaps.n_pred == 0:
         return np.zeros(0, dtype=np.float64)
-    values = _REDUCTIONS[reduction](prob_crop, labels=labels, index=np.arange(1, count + 1))
-    return np.asarray(values, dtype=np.float64).reshape(count)
+    values = prob[np.unravel_index(overlaps.pred_index, overlaps.shape)].astype(np.float64)
+    reduced = _REDUCTIONS[reduction](values, labels=overlaps.pred_labels, index=np.arange(1, overlaps.n_pred + 1))
+    return np.asarray(reduced, dtype=np.float64).reshape(overlaps.n_pred)
 
 
 def detection_confidences(prob: np.ndarray, threshold: float = 0.5, reduction: str = "max") -> np.ndarray:
@@ -71,8 +73,9 @@ def detection_confidences(prob: np.ndarray, threshold: float = 0.5, reduction: s
         ``custom.metrics.label_clusters(prob >= threshold)``.
     """
     prob = np.asarray(prob)
-    overlaps = cluster_overlaps(prob >= threshold, np.zeros(prob.shape, dtype=bool))
-    return _confidences(prob[overlaps.crop], overlaps.pred_labels, overlaps.n_pred, reduction)
+    no_reference = np.broadcast_to(np.zeros((), dtype=bool), prob.shape)  # no memory
+    overlaps = cluster_overlaps(prob, no_reference, threshold)
+    return _confidences(prob, overlaps, reduction)
 
 
 @dataclass(frozen=True)
@@ -103,15 +106,15 @@ def score_detections(
         ref_mask: reference mask of the same shape (nonzero = PE).
         threshold: binarisation threshold of the candidates.
         reduction: detection confidence, ``"max"`` or ``"mean"`` of the probabilities inside it.
-        overlaps: ``cluster_overlaps(prob >= threshold, ref_mask)`` when the caller already has it.
+        overlaps: ``cluster_overlaps(prob, ref_mask, threshold)`` when the caller already has it.
 
     Returns:
         The study's :class:`DetectionScores`.
     """
     prob = np.asarray(prob)
     if overlaps is None:
-        overlaps = cluster_overlaps(prob >= threshold, ref_mask)
-    confidences = _confidences(prob[overlaps.crop], overlaps.pred_labels, overlaps.n_pred, reduction)
+        overlaps = cluster_overlaps(prob, ref_mask, threshold)
+    confidences = _confidences(prob, overlaps, reduction)
     reference_scores = np.full(overlaps.n_ref, -np.inf)
     detections, pes = overlaps.pairs[:, 0], overlaps.pairs[:, 1]
     np.maximum.at(reference_scores, pes - 1, confidences[detections - 1])

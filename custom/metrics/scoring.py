@@ -150,7 +150,7 @@ def score_study(
     Returns:
         The :class:`StudyScore`.
     """
-    overlaps = cluster_overlaps(prob >= threshold, ref_mask)
+    overlaps = cluster_overlaps(prob, ref_mask, threshold)
     cluster = count_matches(overlaps)
     strict = count_matches(overlaps, strict=True, iou_threshold=iou_threshold, slice_axis=slice_axis)
     if froc_threshold is None or froc_threshold == threshold:
