@@ -39,7 +39,8 @@ def make_study(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         if pe < 6:  # detected: an ellipsoid inside the PE
             zc, r = z0 + length // 2, max(2, length // 3)
             sub = (slice(zc - r, zc + r + 1), slice(y - 12, y + 25), slice(x - 12, x + 25))
-            blob = ((zz[sub[0]] - zc) / r) ** 2 + ((yy[:, sub[1]] - y - 6) / 9.0) ** 2 + ((xx[:, :, sub[2]] - x - 6) / 9.0) ** 2 <= 1
+            distance = ((zz[sub[0]] - zc) / r) ** 2 + ((yy[:, sub[1]] - y - 6) / 9.0) ** 2
+            blob = distance + ((xx[:, :, sub[2]] - x - 6) / 9.0) ** 2 <= 1
             prob[sub][blob] = rng.uniform(0.6, 0.95)
     for _ in range(6):  # false-positive blobs
         zc, y, x = int(rng.integers(20, 280)), int(rng.integers(150, 390)), int(rng.integers(90, 420))

@@ -14,7 +14,13 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.handlers import MetricsSaver, from_engine
 
-from custom.metrics import REPORT_KEYS, ClusterCounts, ClusterMatchingMetric, ClusterMatchingMetricHandler, match_clusters
+from custom.metrics import (
+    REPORT_KEYS,
+    ClusterCounts,
+    ClusterMatchingMetric,
+    ClusterMatchingMetricHandler,
+    match_clusters,
+)
 
 SPATIAL = (16, 12, 6)  # MONAI layout (X, Y, Z)
 
@@ -54,8 +60,12 @@ def test_handler_in_supervised_evaluator_with_metrics_saver(tmp_path, batch_size
         network=torch.nn.Identity(),
         key_val_metric={"val_cluster_f1": ClusterMatchingMetricHandler(output_transform=transform)},
         additional_metrics={
-            "val_cluster_sensitivity": ClusterMatchingMetricHandler(output_transform=transform, key="sensitivity", save_details=False),
-            "val_fp_per_study": ClusterMatchingMetricHandler(output_transform=transform, key="fp_per_study", save_details=False),
+            "val_cluster_sensitivity": ClusterMatchingMetricHandler(
+                output_transform=transform, key="sensitivity", save_details=False
+            ),
+            "val_fp_per_study": ClusterMatchingMetricHandler(
+                output_transform=transform, key="fp_per_study", save_details=False
+            ),
             "val_strict_f1": ClusterMatchingMetricHandler(output_transform=transform, strict=True),
         },
         val_handlers=[
@@ -120,7 +130,8 @@ def test_metric_gathers_counts_across_two_ranks(tmp_path):
     """Two CPU (gloo) ranks with uneven shares: both aggregate all three studies (forked: ~1 s, not ~30 s)."""
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.start_processes(_rank_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True, start_method="fork")
+        arguments = (2, str(tmp_path / "init"), results)
+        mp.start_processes(_rank_worker, args=arguments, nprocs=2, join=True, start_method="fork")
         results = dict(results)
     pooled = sum(_expected(_studies(3, seed=7)), ClusterCounts()).as_dict(n_studies=3)
     for rank in (0, 1):

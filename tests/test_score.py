@@ -54,7 +54,8 @@ def test_pairing_by_uid_and_kind(tmp_path):
     pred_dir, ref_dir, _ = _write_cohort(tmp_path)
     pairs, unreferenced = pair_studies(pred_dir, ref_dir)
     assert [p.uid for p in pairs] == list(UIDS)
-    assert [p.prediction.name for p in pairs] == [f"{UIDS[0]}_prob.nii.gz", f"{UIDS[1]}.nii.gz", f"{UIDS[2]}_mask.nii.gz"]
+    names = [f"{UIDS[0]}_prob.nii.gz", f"{UIDS[1]}.nii.gz", f"{UIDS[2]}_mask.nii.gz"]
+    assert [p.prediction.name for p in pairs] == names
     assert unreferenced == ["1.2.3.999"]
     masks, _ = pair_studies(pred_dir, ref_dir, kind="mask")
     assert [p.uid for p in masks] == [UIDS[0], UIDS[2]]

@@ -33,6 +33,8 @@ that slice (one rectangle per detection per slice, whatever the number of 2D pie
 pair then matches only when the 3D IoU between the boxified detection and the PE's voxels is above
 ``iou_threshold`` (strictly greater, default 0.5); tp / fn / fp follow from these pairs by the rule above.
 Detections are *identified* on the unboxified prediction, so boxification never merges two detections.
+A consequence worth knowing: a thin ring drawn around a PE touches none of its voxels (no match by the
+cluster rule) but its boxified version can cover the PE with IoU above 0.5 (a strict match).
 
 Speed: masks are sparse, so each volume is scanned once for its foreground voxels (a streaming pass through
 a small reusable buffer), and labelling and matching then work on those voxels only: they are grouped by
@@ -400,7 +402,9 @@ def _foreground(tensor: torch.Tensor, name: str) -> torch.Tensor:
     if tensor.ndim != 5:
         raise ValueError(f"{name} must be (B, C, X, Y, Z), got shape {tuple(tensor.shape)}")
     if tensor.shape[1] not in (1, 2):
-        raise ValueError(f"{name} must have 1 channel (foreground) or 2 (background, foreground), got {tensor.shape[1]}")
+        raise ValueError(
+            f"{name} must have 1 channel (foreground) or 2 (background, foreground), got {tensor.shape[1]}"
+        )
     return tensor[:, tensor.shape[1] - 1]
 
 
@@ -423,7 +427,9 @@ class ClusterMatchingMetric(CumulativeIterationMetric):
     ``(C, X, Y, Z)`` tensors, ``C`` 1 (foreground) or 2 (background, foreground); ``y`` is foreground where nonzero.
     """
 
-    def __init__(self, threshold: float = 0.5, strict: bool = False, iou_threshold: float = 0.5, slice_axis: int = -1) -> None:
+    def __init__(
+        self, threshold: float = 0.5, strict: bool = False, iou_threshold: float = 0.5, slice_axis: int = -1
+    ) -> None:
         super().__init__()
         self.threshold = float(threshold)
         self.strict = bool(strict)

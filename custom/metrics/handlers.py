@@ -59,7 +59,9 @@ class ClusterMatchingMetricHandler(IgniteMetricHandler):
         if key not in REPORT_KEYS:
             raise ValueError(f"key must be one of {REPORT_KEYS}, got {key!r}")
         self.key = key
-        metric = ClusterMatchingMetric(threshold=threshold, strict=strict, iou_threshold=iou_threshold, slice_axis=slice_axis)
+        metric = ClusterMatchingMetric(
+            threshold=threshold, strict=strict, iou_threshold=iou_threshold, slice_axis=slice_axis
+        )
         super().__init__(metric_fn=metric, output_transform=output_transform, save_details=save_details)
 
     def compute(self) -> float:

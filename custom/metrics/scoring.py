@@ -37,7 +37,14 @@ from custom.io.atomic import write_json_atomic
 from custom.io.errors import InputError
 from custom.io.nifti import read_volume
 from custom.metrics.cluster_matching import ClusterCounts, cluster_overlaps, count_matches
-from custom.metrics.froc import FP_RATES, DetectionScores, average_sensitivity, froc_from_scores, score_detections, sensitivity_at
+from custom.metrics.froc import (
+    FP_RATES,
+    DetectionScores,
+    average_sensitivity,
+    froc_from_scores,
+    score_detections,
+    sensitivity_at,
+)
 
 __all__ = [
     "PREDICTION_SUFFIXES",
@@ -86,7 +93,9 @@ def _study_uid(name: str) -> tuple[str, str] | None:
     return stem, "plain"
 
 
-def pair_studies(pred_dir: str | os.PathLike, reference_dir: str | os.PathLike, kind: str = "auto") -> tuple[list[StudyFiles], list[str]]:
+def pair_studies(
+    pred_dir: str | os.PathLike, reference_dir: str | os.PathLike, kind: str = "auto"
+) -> tuple[list[StudyFiles], list[str]]:
     """Pair prediction and reference files by StudyInstanceUID.
 
     Args:
@@ -169,7 +178,8 @@ def _read_pair(files: StudyFiles) -> tuple[np.ndarray, np.ndarray]:
     if prob.shape != ref.shape or not np.allclose(pred_affine, ref_affine, rtol=0.0, atol=_AFFINE_ATOL):
         raise InputError(
             f"{files.prediction}: grid differs from its reference {files.reference} "
-            f"(shape (Z, Y, X) {prob.shape} vs {ref.shape}; affine {pred_affine.round(4).tolist()} vs {ref_affine.round(4).tolist()})"
+            f"(shape (Z, Y, X) {prob.shape} vs {ref.shape}; "
+            f"affine {pred_affine.round(4).tolist()} vs {ref_affine.round(4).tolist()})"
         )
     if np.issubdtype(prob.dtype, np.floating) and np.isnan(prob).any():
         raise InputError(f"{files.prediction}: prediction contains NaN")
@@ -213,7 +223,11 @@ def score_directories(
         score = score_study(prob, ref, threshold, froc_threshold, iou_threshold, reduction)
         cluster, strict = cluster + score.cluster, strict + score.strict
         froc_scores.append(score.froc)
-        per_study[files.uid] = {"prediction": files.prediction.name, "cluster": score.cluster.as_dict(), "strict": score.strict.as_dict()}
+        per_study[files.uid] = {
+            "prediction": files.prediction.name,
+            "cluster": score.cluster.as_dict(),
+            "strict": score.strict.as_dict(),
+        }
     curve = froc_from_scores(froc_scores)
     return {
         "cluster": cluster.as_dict(n_studies=len(pairs)),
@@ -265,23 +279,32 @@ def _cell(value: float) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """A fixed-width table of the report: one line per study, the pooled lines, the FROC summary."""
-    header = f"{'study':<40} {'TP':>4} {'FP':>4} {'FN':>4} {'sens':>6} {'PPV':>6} {'F1':>6} | {'sTP':>4} {'sFP':>4} {'sFN':>4} {'sF1':>6}"
+    header = (
+        f"{'study':<40} {'TP':>4} {'FP':>4} {'FN':>4} {'sens':>6} {'PPV':>6} {'F1':>6}"
+        f" | {'sTP':>4} {'sFP':>4} {'sFN':>4} {'sF1':>6}"
+    )
 
     def line(name: str, c: dict[str, Any], s: dict[str, Any]) -> str:
         return (
-            f"{name[-40:]:<40} {c['tp']:>4} {c['fp']:>4} {c['fn']:>4} {_cell(c['sensitivity'])} {_cell(c['ppv'])} {_cell(c['f1'])}"
+            f"{name[-40:]:<40} {c['tp']:>4} {c['fp']:>4} {c['fn']:>4}"
+            f" {_cell(c['sensitivity'])} {_cell(c['ppv'])} {_cell(c['f1'])}"
             f" | {s['tp']:>4} {s['fp']:>4} {s['fn']:>4} {_cell(s['f1'])}"
         )
 
     lines = [header, "-" * len(header)]
     lines += [line(uid, row["cluster"], row["strict"]) for uid, row in report["per_study"].items()]
-    lines += ["-" * len(header), line(f"pooled ({len(report['per_study'])} studies)", report["cluster"], report["strict"])]
+    pooled = line(f"pooled ({len(report['per_study'])} studies)", report["cluster"], report["strict"])
+    lines += ["-" * len(header), pooled]
     lines.append(
-        f"FP/study: cluster {_cell(report['cluster']['fp_per_study'])}, strict {_cell(report['strict']['fp_per_study'])}"
+        f"FP/study: cluster {_cell(report['cluster']['fp_per_study'])},"
+        f" strict {_cell(report['strict']['fp_per_study'])}"
     )
     froc = report["froc"]
     at = ", ".join(f"{r:g}: {_cell(s).strip()}" for r, s in zip(froc["fp_rates"], froc["sensitivity_at_fp_rates"]))
-    lines.append(f"FROC (candidates >= {froc['detection_threshold']:g}, {froc['reduction']} confidence) sensitivity at FP/study {at}")
+    lines.append(
+        f"FROC (candidates >= {froc['detection_threshold']:g}, {froc['reduction']} confidence)"
+        f" sensitivity at FP/study {at}"
+    )
     lines.append(f"FROC average sensitivity {_cell(froc['average_sensitivity']).strip()}")
     unscored = report["settings"]["predictions_without_reference"]
     if unscored:
