@@ -146,8 +146,7 @@ def _group_by_series(folder: Path, stop_before_pixels: bool, notes: list[str]) -
         if dataset is None:
             skipped.append(path.name)
             continue
-        image_class = "Image Storage" in _sop_class_name(dataset) or "Rows" in dataset
-        if not stop_before_pixels and not _has_pixels(dataset) and image_class:
+        if not stop_before_pixels and not _has_pixels(dataset) and ("Rows" in dataset or "Image Storage" in _sop_class_name(dataset)):
             raise InputError(f"{path}: truncated or corrupt file: an image ({_sop_class_name(dataset) or 'no SOP class'}) without Pixel Data")
         series_uid = str(dataset.get("SeriesInstanceUID", "")).strip()
         if not series_uid:
@@ -431,9 +430,11 @@ def _decode_volume(items: list[tuple[Path, Dataset]], rows: int, cols: int, padd
         if stored.dtype.kind == "f" and not np.isfinite(out).all():
             raise InputError(f"{path}: NaN or infinite pixel values")
         mask = _padding_mask(stored, ds)
-        if mask is not None and mask.any():
-            out[mask] = padding_hu
-            padded += int(mask.sum())
+        if mask is not None:
+            n_padded = int(np.count_nonzero(mask))
+            if n_padded:
+                np.copyto(out, np.float32(padding_hu), where=mask)
+                padded += n_padded
     if padded:
         notes.append(f"{folder}: {padded} pixels marked by PixelPaddingValue set to {padding_hu:g} HU")
     return volume

@@ -26,7 +26,9 @@ def write_volume(path: str | os.PathLike, volume_zyx: np.ndarray, affine: np.nda
         raise ValueError(f"{path}: expected a 3D (Z, Y, X) volume, got shape {array.shape}")
     if dtype is not None:
         array = array.astype(dtype, copy=False)
-    image = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), np.asarray(affine, dtype=np.float64))
+    # the transposed view of a C-ordered (Z, Y, X) array is Fortran-ordered (X, Y, Z): NIfTI's own
+    # on-disk order, so nibabel writes it without the two transposing copies a C-ordered copy costs
+    image = nib.Nifti1Image(array.transpose(2, 1, 0), np.asarray(affine, dtype=np.float64))
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)
     with atomic_path(path) as tmp:
