@@ -5,7 +5,8 @@ Usage:
         [--split '[0.6,0.2,0.2]'] [--seed 0] [--workers 2] [--box_columns '{"x": "X"}' | mapping.json]
 
 Resumable (finished studies are skipped), parallel over processes; a failing study is listed at
-the end and makes the exit status non-zero, after every other study was prepared.
+the end and makes the exit status 1, after every other study was prepared. A cohort-level problem
+(no study folders, a CSV without a required column) exits with status 2 before any study.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 
 import fire
 
+from custom.io.errors import InputError
 from custom.io.prepare import prepare_cohort
 
 
@@ -30,7 +32,11 @@ def main(
 ) -> None:
     """Run :func:`custom.io.prepare.prepare_cohort` and report; exit 1 when any study failed."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    report = prepare_cohort(rspect_dir, out_dir, boxes_csv, labels_csv, split, seed, workers, box_columns)
+    try:
+        report = prepare_cohort(rspect_dir, out_dir, boxes_csv, labels_csv, split, seed, workers, box_columns)
+    except InputError as err:  # the cohort as a whole is unusable (no studies, a CSV without its columns)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     for note in report.notes:
         print(f"note: {note}")
     print(

@@ -86,15 +86,13 @@ class DicomSeriesInfo:
         series_uid: ``SeriesInstanceUID``.
         study_uid: ``StudyInstanceUID`` of its first file.
         modality: ``Modality`` of its first file ("" when absent).
-        files: its files, sorted by path.
-        is_image: whether its files carry pixel data.
+        files: its image files, sorted by path.
     """
 
     series_uid: str
     study_uid: str
     modality: str
     files: tuple[Path, ...]
-    is_image: bool
 
 
 @contextlib.contextmanager
@@ -139,34 +137,39 @@ def _sop_class_name(dataset: Dataset) -> str:
 
 
 def _group_by_series(folder: Path, stop_before_pixels: bool, notes: list[str]) -> dict[str, list[tuple[Path, Dataset]]]:
+    """Image files grouped by ``SeriesInstanceUID``; non-DICOM files and non-image objects are noted and skipped."""
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
-    skipped = []
+    not_dicom, not_image = [], []
     for path in _candidate_files(folder):
         dataset = _read_file(path, stop_before_pixels)
         if dataset is None:
-            skipped.append(path.name)
+            not_dicom.append(path.name)
             continue
-        if not stop_before_pixels and not _has_pixels(dataset) and ("Rows" in dataset or "Image Storage" in _sop_class_name(dataset)):
-            raise InputError(f"{path}: truncated or corrupt file: an image ({_sop_class_name(dataset) or 'no SOP class'}) without Pixel Data")
+        if not (("Rows" in dataset) if stop_before_pixels else _has_pixels(dataset)):
+            if "Rows" in dataset or "Image Storage" in _sop_class_name(dataset):
+                raise InputError(f"{path}: truncated or corrupt file: an image ({_sop_class_name(dataset) or 'no SOP class'}) without Pixel Data")
+            not_image.append(f"{path.name} ({_sop_class_name(dataset) or 'no SOP class'}, Modality {dataset.get('Modality', 'missing')})")
+            continue
         series_uid = str(dataset.get("SeriesInstanceUID", "")).strip()
         if not series_uid:
             raise InputError(f"{path}: no SeriesInstanceUID (truncated or corrupt file?)")
         groups.setdefault(series_uid, []).append((path, dataset))
-    if skipped:
-        notes.append(f"{folder}: ignored {len(skipped)} non-DICOM file(s): {', '.join(skipped[:5])}")
+    if not_dicom:
+        notes.append(f"{folder}: ignored {len(not_dicom)} non-DICOM file(s): {', '.join(not_dicom[:5])}")
+    if not_image:
+        notes.append(f"{folder}: ignored {len(not_image)} DICOM object(s) without an image: {', '.join(not_image[:5])}")
     if not groups:
-        raise InputError(f"{folder}: no DICOM files")
+        raise InputError(f"{folder}: no DICOM image files ({len(not_dicom)} non-DICOM files, {len(not_image)} objects without an image)")
     return groups
 
 
-def _describe(series_uid: str, items: list[tuple[Path, Dataset]], stop_before_pixels: bool) -> DicomSeriesInfo:
+def _describe(series_uid: str, items: list[tuple[Path, Dataset]]) -> DicomSeriesInfo:
     first = items[0][1]
     return DicomSeriesInfo(
         series_uid=series_uid,
         study_uid=str(first.get("StudyInstanceUID", "")),
         modality=str(first.get("Modality", "")),
         files=tuple(path for path, _ in items),
-        is_image=all("Rows" in ds for _, ds in items) if stop_before_pixels else all(_has_pixels(ds) for _, ds in items),
     )
 
 
@@ -177,14 +180,15 @@ def scan_dicom_folder(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
         folder: a study or series folder.
 
     Returns:
-        One entry per ``SeriesInstanceUID``, most files first.
+        One entry per ``SeriesInstanceUID`` of image files, most files first (objects without an
+        image, such as structured reports, are left out).
 
     Raises:
         InputError: empty folder, or a file that is not readable DICOM.
     """
     with _lenient_value_reading():
         groups = _group_by_series(Path(folder), stop_before_pixels=True, notes=[])
-        infos = [_describe(uid, items, stop_before_pixels=True) for uid, items in groups.items()]
+        infos = [_describe(uid, items) for uid, items in groups.items()]
     return sorted(infos, key=lambda info: (-len(info.files), info.series_uid))
 
 
@@ -225,21 +229,19 @@ def read_ct_series(
 
 
 def _select_series(folder: Path, groups: dict[str, list[tuple[Path, Dataset]]], series_uid: str | None, notes: list[str]) -> str:
-    infos = {uid: _describe(uid, items, stop_before_pixels=False) for uid, items in groups.items()}
-    ct_series = sorted(
-        (info for info in infos.values() if info.is_image and info.modality == "CT"), key=lambda info: (-len(info.files), info.series_uid)
-    )
+    infos = {uid: _describe(uid, items) for uid, items in groups.items()}
+    ct_series = sorted((info for info in infos.values() if info.modality == "CT"), key=lambda info: (-len(info.files), info.series_uid))
     if series_uid is not None:
         if series_uid not in infos:
             found = ", ".join(f"{uid} ({info.modality or '?'}, {len(info.files)} files)" for uid, info in infos.items())
             raise InputError(f"{folder}: series {series_uid} (named by the label CSV) is not in the folder; found: {found}")
         info = infos[series_uid]
-        if info.modality != "CT" or not info.is_image:
+        if info.modality != "CT":
             raise InputError(f"{info.files[0]}: series {series_uid} is not a CT image series (Modality {info.modality or 'missing'})")
         reason = "named by the label CSV"
     else:
         if not ct_series:
-            found = "; ".join(f"{info.files[0]}: Modality {info.modality or 'missing'}{'' if info.is_image else ', no pixel data'}" for info in infos.values())
+            found = "; ".join(f"{info.files[0]}: Modality {info.modality or 'missing'}" for info in infos.values())
             raise InputError(f"{folder}: no CT image series in the folder ({found})")
         info = ct_series[0]
         reason = "the only CT series" if len(ct_series) == 1 else f"most slices of {len(ct_series)} CT series"
@@ -248,7 +250,7 @@ def _select_series(folder: Path, groups: dict[str, list[tuple[Path, Dataset]]], 
     for other in infos.values():
         if other.series_uid == info.series_uid:
             continue
-        kind = "CT" if other.modality == "CT" and other.is_image else f"non-CT (Modality {other.modality or 'missing'}{'' if other.is_image else ', no pixel data'})"
+        kind = "CT" if other.modality == "CT" else f"non-CT (Modality {other.modality or 'missing'})"
         notes.append(f"{folder}: ignored {kind} series {other.series_uid} ({len(other.files)} files, e.g. {other.files[0].name})")
     return info.series_uid
 
