@@ -25,7 +25,7 @@ class Branch:
     Attributes:
         index: position in the tree's branch list.
         parent: index of the parent branch (-1 for a root).
-        level: 0 main trunk, 1 left/right trunk, 2 lobar, 3 segmental, 4 subsegmental, 5 smaller.
+        level: 0 main trunk, 1 left/right trunk, 2 lobar, 3 segmental, 4 subsegmental, 5 and 6 smaller.
         name: anatomical name used in the box CSV ``Artery`` column, e.g. ``"RLL segmental"``.
         side: ``"R"``, ``"L"`` or ``"C"`` (central, both sides).
         points: ``(n, 3)`` centreline ``(z, y, x)`` in mm.
@@ -153,13 +153,13 @@ def grow_lobe(
     """
     if level > max_level or len(cloud) < 2:
         return
-    level_names = {2: "lobar", 3: "segmental", 4: "subsegmental", 5: "subsegmental"}
+    level_names = {2: "lobar", 3: "segmental"}
     if level == 2:
         groups = [cloud]
     elif level == 3:
         groups = split_points(rng, cloud, int(rng.integers(2, 5)))
     else:
-        groups = split_points(rng, cloud, 2 if rng.random() < 0.8 else 3)
+        groups = split_points(rng, cloud, 2 if rng.random() < 0.6 else 3)
     parent_radius = float(branches[parent].radii[-1]) if parent >= 0 else np.inf
     for group in groups:
         centre = group.mean(axis=0)
@@ -168,9 +168,12 @@ def grow_lobe(
             reach = np.linalg.norm(group - start, axis=1)
             end = group[int(np.argsort(reach)[int(0.8 * (len(group) - 1))])]
         elif level == 2:
-            end = start + rng.uniform(0.25, 0.4) * (centre - start)
+            end = start + rng.uniform(0.3, 0.45) * (centre - start)
+        elif level == 3:
+            # Segmental arteries run to about the middle of their segment (down to the bases, up to the apex).
+            end = start + rng.uniform(0.7, 0.9) * (centre - start)
         else:
-            end = start + rng.uniform(0.45, 0.65) * (centre - start)
+            end = start + rng.uniform(0.6, 0.8) * (centre - start)
         radius = min(radius_for_level(level), 0.9 * parent_radius)
         points, radii = make_branch(rng, start, end, radius, radius * rng.uniform(0.75, 0.9))
         if level >= 3:
@@ -182,7 +185,7 @@ def grow_lobe(
                 if stop < 2:
                     continue
                 points, radii = points[:stop], radii[:stop]
-        branch = Branch(len(branches), parent, level, f"{name} {level_names[level]}", side, points, radii)
+        branch = Branch(len(branches), parent, level, f"{name} {level_names.get(level, 'subsegmental')}", side, points, radii)
         branches.append(branch)
         if parent >= 0:
             branches[parent].children.append(branch.index)
