@@ -159,7 +159,7 @@ def test_several_series_pick_most_slices_or_the_named_one(tmp_path):
     assert f"using series {main['series_uid']}" in joined and "most slices of 3 CT series" in joined
     assert scout["series_uid"] in joined and "non-CT (Modality MR" in joined
     named = read_ct_series(study, series_uid=recon["series_uid"])
-    assert named.n_slices == 4 and "named by the label CSV" in "\n".join(named.notes)
+    assert named.n_slices == 4 and f"using series {recon['series_uid']} (4 slices; requested)" in "\n".join(named.notes)
     with pytest.raises(InputError, match="not in the folder"):
         read_ct_series(study, series_uid="abcdef123456")
     listed = scan_dicom_folder(study)

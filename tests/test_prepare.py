@@ -246,7 +246,8 @@ def test_the_series_named_by_the_label_csv_is_used(tmp_path):
     assert report.ok
     record = json.loads((tmp_path / "P" / "records" / f"{study['study_uid']}.json").read_text())
     assert record["series_uid"] == study["series_uid"] and record["n_slices"] == 4
-    assert any(f"using series {study['series_uid']} (4 slices; named by the label CSV)" in note for note in record["notes"])
+    assert any(f"the label CSV names series {study['series_uid']}" in note for note in record["notes"])
+    assert any(f"using series {study['series_uid']} (4 slices; requested)" in note for note in record["notes"])
 
 
 def test_box_column_mapping(tmp_path):

@@ -234,11 +234,11 @@ def _select_series(folder: Path, groups: dict[str, list[tuple[Path, Dataset]]], 
     if series_uid is not None:
         if series_uid not in infos:
             found = ", ".join(f"{uid} ({info.modality or '?'}, {len(info.files)} files)" for uid, info in infos.items())
-            raise InputError(f"{folder}: series {series_uid} (named by the label CSV) is not in the folder; found: {found}")
+            raise InputError(f"{folder}: the requested series {series_uid} is not in the folder; found: {found}")
         info = infos[series_uid]
         if info.modality != "CT":
             raise InputError(f"{info.files[0]}: series {series_uid} is not a CT image series (Modality {info.modality or 'missing'})")
-        reason = "named by the label CSV"
+        reason = "requested"
     else:
         if not ct_series:
             found = "; ".join(f"{info.files[0]}: Modality {info.modality or 'missing'}" for info in infos.values())

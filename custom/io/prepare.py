@@ -234,7 +234,7 @@ def prepare_study(
     uid = series.study_uid
     if not _SAFE_UID.match(uid):
         raise InputError(f"{study_dir}: StudyInstanceUID {uid!r} cannot name a file (letters, digits, '.', '_', '-' only)")
-    notes = list(series.notes)
+    notes = ([f"{study_dir}: the label CSV names series {series_uid}"] if series_uid else []) + list(series.notes)
     if uid != study_dir.name:
         notes.append(f"{study_dir}: folder name differs from the StudyInstanceUID {uid}; outputs are named by the UID")
     entry: dict[str, Any] = {"image": f"images/{uid}.nii.gz", "study_uid": uid, "series_uid": series.series_uid, "n_slices": series.n_slices}
