@@ -189,13 +189,13 @@ def main(studies: int = 4, slices: int = 48, repeats: int = 3, codecs: bool = Tr
                 ("prepare, 2 processes", two["prepare"][0], None),
                 ("prepare, 2 processes, minus pool start-up", two["prepare"][0] - startup, None),
             ]
-            print(f"  (start-up of a 2-process spawn pool importing the reader: {startup:.2f} s, included above)")
             for name, wall, cpu in rows:
                 if wall <= 0:
                     print(f"  {name:<42s} n/a (the start-up is longer than the run)")
                     continue
                 cpu_text = "" if cpu is None else f"   CPU {n / cpu:8.1f} slices/s"
                 print(f"  {name:<42s} wall {n / wall:8.1f} slices/s ({wall:6.2f} s){cpu_text}")
+            print(f"  (start-up of a 2-process spawn pool importing the reader: {startup:.2f} s, included in the 2-process rows)")
             ratios += [
                 f"{label}: reader / plain loop, 1 process: CPU time ratio {one['reader'][1] / one['plain'][1]:.2f}, wall {one['reader'][0] / one['plain'][0]:.2f}",
                 f"{label}: prepare / plain loop, 1 process: CPU time ratio {one['prepare'][1] / one['plain'][1]:.2f}, wall {one['prepare'][0] / one['plain'][0]:.2f}",
