@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -120,16 +121,25 @@ class SliceClassificationReport(_SliceCollector):
     ``{"threshold", "slice_auc", "slice_f1", "study_auc", "epoch"}`` to ``threshold_file`` beside the
     best weights; the teacher reads it as its classifier threshold.
 
+    With ``history_file`` it also keeps the validation curve: one record per evaluation with the
+    minutes since the handler was created (the training run's start), for AUC-against-time plots.
+
     Args:
         threshold_file: JSON path for the threshold of the best epoch (``None``: not saved).
+        history_file: JSON path of the validation curve (``None``: not kept).
         pred_key: key of the probability in the engine output.
         label_key: key of the slice label in the batch.
     """
 
-    def __init__(self, threshold_file: str | None = None, pred_key: str = "pred", label_key: str = "label") -> None:
+    def __init__(
+        self, threshold_file: str | None = None, history_file: str | None = None, pred_key: str = "pred", label_key: str = "label"
+    ) -> None:
         super().__init__(pred_key, label_key)
         self.threshold_file = threshold_file
+        self.history_file = history_file
         self.summary: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self._start = time.perf_counter()
 
     def _epoch_completed(self, engine: Engine) -> None:
         rows = self.gathered()
@@ -147,6 +157,10 @@ class SliceClassificationReport(_SliceCollector):
             "study_auc": roc_auc(study_prob, study_label),
         }
         engine.state.metrics.update(self.summary)
+        if self.history_file and idist.get_rank() == 0:
+            minutes = (time.perf_counter() - self._start) / 60.0
+            self.history.append({"epoch": int(engine.state.epoch), "minutes": round(minutes, 3), **self.summary})
+            write_json_atomic(self.history_file, self.history)
         improved = getattr(engine.state, "best_metric_epoch", -1) == engine.state.epoch
         if self.threshold_file and improved and idist.get_rank() == 0:
             write_json_atomic(

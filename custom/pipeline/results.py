@@ -1,0 +1,178 @@
+"""Collect every number of a pipeline run into ``work_dir/results.json`` (the report's only input).
+
+Nothing here trains or explains: it reads what the stages wrote (bundle metrics, teacher and
+student evaluations, stage records), computes the cohort card and the HU-threshold baseline, picks
+the overlay slices of the Fig. 2 analog and checks the issue's targets.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from custom.io.atomic import write_json_atomic
+from custom.io.nifti import read_volume
+
+if TYPE_CHECKING:
+    from custom.pipeline.run import PipelineRun
+
+__all__ = ["collect_results", "cohort_card", "hu_threshold_baseline"]
+
+# HU range of a filling defect (issue 2: 20-70 HU); the baseline thresholds the whole volume with it.
+EMBOLUS_HU_RANGE = (20.0, 70.0)
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def cohort_card(run: PipelineRun) -> dict[str, Any]:
+    """Studies, splits, positives, emboli by kind and size, HU of emboli/arteries/veins, confounders."""
+    datalist = json.loads((run.prepared / "datalist.json").read_text())
+    entries = [e for k in ("training", "validation", "test") for e in datalist.get(k, [])]
+    labels = [lab for e in entries for lab in e.get("slice_labels", [])]
+    card: dict[str, Any] = {
+        "n_studies": len(entries),
+        "splits": {k: len(datalist.get(k, [])) for k in ("training", "validation", "test")},
+        "positive_studies": sum(int(e.get("pe_present", 0)) for e in entries),
+        "positive_slice_fraction": float(np.mean(labels)) if labels else None,
+        "difficulty": "default (realistic)" if run.synthetic else "real data",
+    }
+    cohort = _load(run.cohort / "cohort.json") if run.synthetic else None
+    if cohort:
+        from custom.synth.summary import summarize_cohort
+
+        summary = summarize_cohort(cohort)
+        hu = np.array([e["mean_hu"] for s in cohort["studies"] for e in s["emboli"]], dtype=float)
+        artery = [s["artery_hu"] for s in cohort["studies"]]
+        vein = [s["vein_hu"] for s in cohort["studies"]]
+        voxels = summary["embolus_voxels"]
+        card.update({
+            "emboli_by_kind": {kind: v["count"] for kind, v in summary["emboli_per_kind"].items()},
+            "embolus_voxels": {"p25": voxels.get("q25"), "median": voxels.get("median"), "p75": voxels.get("q75"), "max": voxels.get("max")},
+            "embolus_hu": {"median": float(np.median(hu)), "p5": float(np.percentile(hu, 5)), "p95": float(np.percentile(hu, 95))} if hu.size else {},
+            "artery_hu": {"min": float(min(artery)), "max": float(max(artery))},
+            "vein_hu": {"min": float(min(vein)), "max": float(max(vein))},
+            "confounders": summary["confounders"],
+            "embolus_relative_z_histogram": summary["embolus_relative_z_histogram"],
+        })
+    return card
+
+
+def hu_threshold_baseline(run: PipelineRun) -> dict[str, Any]:
+    """Plain HU thresholding (every voxel in the embolus HU range) scored like the models, on the test split."""
+    from custom.metrics import ClusterCounts, match_clusters
+
+    datalist = json.loads((run.prepared / "datalist.json").read_text())
+    total = ClusterCounts(0, 0, 0)
+    n = 0
+    for entry in datalist.get("test", []):
+        if not entry.get("label"):
+            continue
+        hu, _ = read_volume(run.prepared / entry["image"])
+        reference, _ = read_volume(run.prepared / entry["label"])
+        prediction = (hu >= EMBOLUS_HU_RANGE[0]) & (hu <= EMBOLUS_HU_RANGE[1])
+        total = total + match_clusters(prediction, reference > 0)
+        n += 1
+    return {**total.as_dict(n), "n_studies": n, "rule": f"{EMBOLUS_HU_RANGE[0]:g} <= HU <= {EMBOLUS_HU_RANGE[1]:g}"}
+
+
+def _classifier(run: PipelineRun) -> dict[str, Any]:
+    root = run.path("classifier")
+    out: dict[str, Any] = {}
+    metrics_csv = root / "eval" / "metrics.csv"
+    if metrics_csv.exists():
+        rows = {k: _finite(v) for k, v in csv.reader(metrics_csv.open())}
+        out.update({k: rows.get(k) for k in ("slice_auc", "slice_f1", "study_auc")})
+    threshold = _load(root / "models" / "threshold.json")
+    if threshold:
+        out["threshold"] = threshold["threshold"]
+        out["best_validation_auc"] = threshold.get("slice_auc")
+    game = _load(root / "eval" / "pointing_game.json")
+    if game:
+        out["pointing_hit_rate"] = game["hit_rate"]
+        out["pointing_slices"] = game["total"]
+    history = _load(root / "logs" / "validation_history.json")
+    if history:
+        out["curve"] = [{"epoch": h["epoch"], "minutes": h["minutes"], "val_auc": _finite(h["slice_auc"])} for h in history]
+        out["train_minutes"] = history[-1]["minutes"]
+    return out
+
+
+def _targets(results: dict[str, Any], profile: str) -> list[dict[str, Any]]:
+    def get(*keys: str) -> float | None:
+        value: Any = results
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return _finite(value)
+
+    def target(name: str, value: float | None, goal: str, ok: bool | None, note: str = "") -> dict[str, Any]:
+        return {"name": name, "value": value, "target": goal, "met": ok, "note": note}
+
+    def at_least(value: float | None, bound: float) -> bool | None:
+        return None if value is None else value >= bound
+
+    def beats(a: float | None, b: float | None, strict: bool = True) -> bool | None:
+        return None if a is None or b is None else (a > b if strict else a >= b)
+
+    teacher = (results.get("teacher") or {}).get("runs", {}).get("1", {})
+    out = [
+        target("classifier slice AUC", get("classifier", "slice_auc"), ">= 0.90", at_least(get("classifier", "slice_auc"), 0.90)),
+        target("pointing-game hit rate", get("classifier", "pointing_hit_rate"), ">= 0.6", at_least(get("classifier", "pointing_hit_rate"), 0.6)),
+        target("teacher filtered F1", _finite((teacher.get("filtered") or {}).get("f1")), ">= 0.50", at_least(_finite((teacher.get("filtered") or {}).get("f1")), 0.50)),
+        target("student F1 >= teacher F1", get("students", "student", "f1"), f">= {get('students', 'teacher', 'f1')}",
+               beats(get("students", "student", "f1"), get("students", "teacher", "f1"), strict=False)),
+        target("iterative beats a single pass", _finite((teacher.get("best") or {}).get("f1")), f"> {_finite((teacher.get('iteration1') or {}).get('f1'))}",
+               beats(_finite((teacher.get("best") or {}).get("f1")), _finite((teacher.get("iteration1") or {}).get("f1")))),
+        target("filtered beats unfiltered", _finite((teacher.get("filtered") or {}).get("f1")), f"> {_finite((teacher.get('unfiltered') or {}).get('f1'))}",
+               beats(_finite((teacher.get("filtered") or {}).get("f1")), _finite((teacher.get("unfiltered") or {}).get("f1")))),
+    ]
+    if profile == "full":
+        out += [
+            target("student F1 (full)", get("students", "student", "f1"), ">= 0.70", at_least(get("students", "student", "f1"), 0.70)),
+            target("fine-tuned beats random init", get("students", "finetuned", "f1"), f"> {get('students', 'random_init', 'f1')}",
+                   beats(get("students", "finetuned", "f1"), get("students", "random_init", "f1"))),
+        ]
+    return out
+
+
+def collect_results(run: PipelineRun) -> dict[str, Any]:
+    """Gather the run's numbers, write ``results.json`` and return them."""
+    from custom.pipeline.student_stages import student_results
+    from custom.pipeline.teacher_stages import overlay_assets, teacher_results
+
+    stages = _load(run.work / "stages.json") or {}
+    results: dict[str, Any] = {
+        "profile": run.profile_name,
+        "work_dir": str(run.work),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": "synthetic" if run.synthetic else "rspect",
+        "command": " ".join(["python", "scripts/pipeline.py", *sys.argv[1:]]) if sys.argv[0].endswith("pipeline.py") else "",
+        "cohort": cohort_card(run),
+        "classifier": _classifier(run),
+        "teacher": teacher_results(run),
+        "students": student_results(run),
+        "baselines": {"hu_threshold": hu_threshold_baseline(run)},
+        "stages": list(stages.values()),
+    }
+    overlays = overlay_assets(run)
+    if overlays:
+        results["overlays"] = overlays
+    results["targets"] = _targets(results, run.profile_name)
+    write_json_atomic(run.work / "results.json", results)
+    return results
