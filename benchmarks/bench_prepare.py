@@ -10,8 +10,9 @@ lossless with the installed pylibjpeg-openjpeg encoder, then measures slices per
   records + datalist), with 1 and 2 worker processes; and the plain loop over 2 processes.
 
 Each number is the best of ``repeats`` interleaved runs, as wall time and as CPU time of this
-process (the 1-process ratios use CPU time, which other load on a shared machine disturbs less). ``--codecs`` also times every installed decoding
-plugin per transfer syntax (the table behind ``custom.io.codecs.PREFERRED_PLUGINS``).
+process (the 1-process ratios use CPU time, which other load on a shared machine disturbs less).
+``--codecs`` also times every installed decoding plugin per transfer syntax (the table behind
+``custom.io.codecs.PREFERRED_PLUGINS``).
 
 Usage:
     python benchmarks/bench_prepare.py [--studies 4] [--slices 48] [--repeats 3] [--codecs True]
@@ -138,8 +139,16 @@ def _measure(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, tup
 def bench_codecs(repeats: int = 5) -> None:
     """Decode time of one real 512x512 CT slice per transfer syntax and installed plugin."""
     template, stored = _template()
-    print("codec benchmark: 693_UNCR.dcm (512x512 int16 CT) re-encoded; ms per slice decode (best of 3 x mean of repeats)")
-    for syntax in (RLELossless, JPEGLSLossless, JPEG2000Lossless, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian):
+    print(
+        "codec benchmark: 693_UNCR.dcm (512x512 int16 CT) re-encoded; ms per slice decode (best of 3 x mean of repeats)"
+    )
+    for syntax in (
+        RLELossless,
+        JPEGLSLossless,
+        JPEG2000Lossless,
+        DeflatedExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    ):
         ds = copy.deepcopy(template)
         if syntax in (DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian):
             ds.file_meta.TransferSyntaxUID = syntax
@@ -157,7 +166,10 @@ def bench_codecs(repeats: int = 5) -> None:
                     out = pixel_array(loaded, decoding_plugin=plugin)
                 best = min(best, (time.perf_counter() - start) / repeats)
             assert np.array_equal(out, stored)
-            print(f"  {syntax.name:<45s} {plugin or 'pydicom (native)':<18s} {1000 * best:7.2f} ms  {path.stat().st_size / 1024:7.0f} KiB")
+            print(
+                f"  {syntax.name:<45s} {plugin or 'pydicom (native)':<18s} {1000 * best:7.2f} ms  "
+                f"{path.stat().st_size / 1024:7.0f} KiB"
+            )
         path.unlink()
 
 
@@ -176,10 +188,27 @@ def main(studies: int = 4, slices: int = 48, repeats: int = 3, codecs: bool = Tr
             root = work / label
             start = time.perf_counter()
             n = build_cohort(root, studies, slices, syntax)
-            print(f"\n{label}: {studies} studies x {slices} slices of 512x512 written in {time.perf_counter() - start:.1f} s")
+            print(
+                f"\n{label}: {studies} studies x {slices} slices of 512x512 written in "
+                f"{time.perf_counter() - start:.1f} s"
+            )
             _plain(root, 1)  # warm the page cache and imports
-            one = _measure({"plain": lambda: _plain(root, 1), "reader": lambda: _reader(root), "prepare": lambda: _prepare(root, 1)}, repeats)
-            two = _measure({"plain": lambda: _plain(root, 2), "prepare": lambda: _prepare(root, 2), "startup": lambda: _pool_startup(2)}, max(1, repeats - 1))
+            one = _measure(
+                {
+                    "plain": lambda: _plain(root, 1),
+                    "reader": lambda: _reader(root),
+                    "prepare": lambda: _prepare(root, 1),
+                },
+                repeats,
+            )
+            two = _measure(
+                {
+                    "plain": lambda: _plain(root, 2),
+                    "prepare": lambda: _prepare(root, 2),
+                    "startup": lambda: _pool_startup(2),
+                },
+                max(1, repeats - 1),
+            )
             startup = two["startup"][0]
             rows = [
                 ("plain loop (dcmread + stack), 1 process", *one["plain"]),
@@ -195,17 +224,25 @@ def main(studies: int = 4, slices: int = 48, repeats: int = 3, codecs: bool = Tr
                     continue
                 cpu_text = "" if cpu is None else f"   CPU {n / cpu:8.1f} slices/s"
                 print(f"  {name:<42s} wall {n / wall:8.1f} slices/s ({wall:6.2f} s){cpu_text}")
-            print(f"  (start-up of a 2-process spawn pool importing the reader: {startup:.2f} s, included in the 2-process rows)")
+            print(
+                f"  (start-up of a 2-process spawn pool importing the reader: {startup:.2f} s, included in the "
+                "2-process rows)"
+            )
             ratios += [
-                f"{label}: reader / plain loop, 1 process: CPU time ratio {one['reader'][1] / one['plain'][1]:.2f}, wall {one['reader'][0] / one['plain'][0]:.2f}",
-                f"{label}: prepare / plain loop, 1 process: CPU time ratio {one['prepare'][1] / one['plain'][1]:.2f}, wall {one['prepare'][0] / one['plain'][0]:.2f}",
+                f"{label}: reader / plain loop, 1 process: CPU time ratio {one['reader'][1] / one['plain'][1]:.2f}, "
+                f"wall {one['reader'][0] / one['plain'][0]:.2f}",
+                f"{label}: prepare / plain loop, 1 process: CPU time ratio "
+                f"{one['prepare'][1] / one['plain'][1]:.2f}, wall {one['prepare'][0] / one['plain'][0]:.2f}",
                 f"{label}: 2 vs 1 processes, wall speed-up: prepare {one['prepare'][0] / two['prepare'][0]:.2f} "
-                f"({_speedup(one['prepare'][0], two['prepare'][0] - startup)} without the {startup:.1f} s pool start-up), "
+                f"({_speedup(one['prepare'][0], two['prepare'][0] - startup)} without the {startup:.1f} s pool "
+                "start-up), "
                 f"plain loop {one['plain'][0] / two['plain'][0]:.2f}",
             ]
     finally:
         shutil.rmtree(work)
-    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes share them)")
+    print(
+        f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes share them)"
+    )
     for line in ratios:
         print(line)
 

@@ -34,7 +34,10 @@ def uid_counter(prefix: str = "1.2.826.0.1.3680043.10.1.") -> str:
 
 
 def hu_volume(n_slices: int, rows: int = 32, cols: int = 40, seed: int = 0) -> np.ndarray:
-    """Integer HU in [-1024, 1500] as float32, different on every slice (32 px at least: the JPEG 2000 encoder's minimum)."""
+    """Integer HU in [-1024, 1500] as float32, different on every slice.
+
+    32 pixels a side at least: the smallest image the JPEG 2000 encoder takes.
+    """
     rng = np.random.default_rng(seed)
     return rng.integers(-1024, 1500, size=(n_slices, rows, cols)).astype(np.float32)
 
@@ -95,24 +98,59 @@ def write_ct_series(
         positions = np.asarray(origin, dtype=np.float64) + np.arange(n)[:, None] * slice_spacing * normal
     instance_numbers = list(instance_numbers) if instance_numbers is not None else list(range(1, n + 1))
     syntaxes = [transfer_syntax] * n if isinstance(transfer_syntax, str) else list(transfer_syntax)
-    thickness = [slice_spacing] * n if slice_thickness is None else ([slice_thickness] * n if np.isscalar(slice_thickness) else list(slice_thickness))
+    thickness = (
+        [slice_spacing] * n
+        if slice_thickness is None
+        else ([slice_thickness] * n if np.isscalar(slice_thickness) else list(slice_thickness))
+    )
     files = []
     with _lenient_writing():
         for k in range(n):
             stored = np.rint((hu_zyx[k].astype(np.float64) - intercept) / slope)
             assert np.abs(stored * slope + intercept - hu_zyx[k]).max() < 1e-6, "HU not representable with this rescale"
             ds = _slice_dataset(
-                stored.astype(np.int16), study_uid, series_uid, sop_uids[k], modality, iop, positions[k], pixel_spacing,
-                instance_numbers[k], slope, intercept, padding_value, thickness[k],
+                stored.astype(np.int16),
+                study_uid,
+                series_uid,
+                sop_uids[k],
+                modality,
+                iop,
+                positions[k],
+                pixel_spacing,
+                instance_numbers[k],
+                slope,
+                intercept,
+                padding_value,
+                thickness[k],
             )
             _encode(ds, stored.astype(np.int16), syntaxes[k])
             path = folder / (file_names[k] if file_names is not None else f"{sop_uids[k]}.dcm")
             ds.save_as(path, enforce_file_format=True)
             files.append(path)
-    return {"study_uid": study_uid, "series_uid": series_uid, "sop_uids": sop_uids, "files": files, "positions": np.asarray(positions)}
+    return {
+        "study_uid": study_uid,
+        "series_uid": series_uid,
+        "sop_uids": sop_uids,
+        "files": files,
+        "positions": np.asarray(positions),
+    }
 
 
-def _slice_dataset(stored, study_uid, series_uid, sop_uid, modality, iop, position, pixel_spacing, instance_number, slope, intercept, padding_value, thickness) -> Dataset:
+def _slice_dataset(
+    stored,
+    study_uid,
+    series_uid,
+    sop_uid,
+    modality,
+    iop,
+    position,
+    pixel_spacing,
+    instance_number,
+    slope,
+    intercept,
+    padding_value,
+    thickness,
+) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = CTImageStorage

@@ -25,7 +25,14 @@ from custom.io.dicom import read_ct_series, scan_dicom_folder
 from custom.io.errors import InputError
 from custom.io.geometry import LPS_TO_RAS
 
-ALL_LOSSLESS = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless, JPEGLSLossless, JPEG2000Lossless]
+ALL_LOSSLESS = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+]
 
 
 def _voxel_to_lps(positions, orientation, pixel_spacing, i, j, k):
@@ -184,7 +191,9 @@ def test_objects_without_image_and_non_dicom_files_are_skipped_with_a_note(tmp_p
     assert "ignored 1 DICOM object(s) without an image: report.dcm (Basic Text SR Storage, Modality SR)" in joined
     assert [i.modality for i in scan_dicom_folder(tmp_path / "study")] == ["CT"]
     shutil.rmtree(tmp_path / "study" / "ct")
-    with pytest.raises(InputError, match=r"study: no DICOM image files \(1 non-DICOM files, 1 objects without an image\)"):
+    with pytest.raises(
+        InputError, match=r"study: no DICOM image files \(1 non-DICOM files, 1 objects without an image\)"
+    ):
         read_ct_series(tmp_path / "study")
 
 
@@ -205,7 +214,11 @@ def test_truncated_pixel_data(tmp_path, syntax):
     bad = info["files"][2]
     bad.write_bytes(bad.read_bytes()[:-100])
     # pydicom itself warns when an encapsulated Pixel Data ends early; the reader still names the file
-    warns = contextlib.nullcontext() if syntax == ExplicitVRLittleEndian else pytest.warns(UserWarning, match="End of file reached")
+    warns = (
+        contextlib.nullcontext()
+        if syntax == ExplicitVRLittleEndian
+        else pytest.warns(UserWarning, match="End of file reached")
+    )
     with warns, pytest.raises(InputError, match=rf"{bad.name}.*(truncated|corrupt)"):
         read_ct_series(tmp_path / "s")
 
@@ -240,7 +253,14 @@ def test_only_non_ct_series(tmp_path):
 def test_non_ct_file_inside_the_ct_series(tmp_path):
     study_uid, series_uid = uid_counter(), uid_counter()
     write_ct_series(tmp_path / "s", hu_volume(4), study_uid=study_uid, series_uid=series_uid)
-    odd = write_ct_series(tmp_path / "s", hu_volume(1), study_uid=study_uid, series_uid=series_uid, modality="MR", origin=(-60, -45, 200.0))
+    odd = write_ct_series(
+        tmp_path / "s",
+        hu_volume(1),
+        study_uid=study_uid,
+        series_uid=series_uid,
+        modality="MR",
+        origin=(-60, -45, 200.0),
+    )
     with pytest.raises(InputError, match=rf"{odd['files'][0].name}: Modality MR in a CT series"):
         read_ct_series(tmp_path / "s")
 
@@ -277,7 +297,9 @@ def test_drifting_spacing_off_the_grid(tmp_path):
 def test_mixed_rows_columns(tmp_path):
     study_uid, series_uid = uid_counter(), uid_counter()
     write_ct_series(tmp_path / "s", hu_volume(3), study_uid=study_uid, series_uid=series_uid)
-    odd = write_ct_series(tmp_path / "s", hu_volume(1, rows=40), study_uid=study_uid, series_uid=series_uid, origin=(-60, -45, 110.0))
+    odd = write_ct_series(
+        tmp_path / "s", hu_volume(1, rows=40), study_uid=study_uid, series_uid=series_uid, origin=(-60, -45, 110.0)
+    )
     with pytest.raises(InputError, match=r"mixed Rows/Columns") as caught:
         read_ct_series(tmp_path / "s")
     assert "40x40" in str(caught.value) and odd["files"][0].name in str(caught.value)
@@ -286,7 +308,14 @@ def test_mixed_rows_columns(tmp_path):
 def test_mixed_orientation(tmp_path):
     study_uid, series_uid = uid_counter(), uid_counter()
     write_ct_series(tmp_path / "s", hu_volume(3), study_uid=study_uid, series_uid=series_uid)
-    odd = write_ct_series(tmp_path / "s", hu_volume(1), study_uid=study_uid, series_uid=series_uid, orientation=(1, 0, 0, 0, 0.995, 0.0998749), origin=(0, 0, 120.0))
+    odd = write_ct_series(
+        tmp_path / "s",
+        hu_volume(1),
+        study_uid=study_uid,
+        series_uid=series_uid,
+        orientation=(1, 0, 0, 0, 0.995, 0.0998749),
+        origin=(0, 0, 120.0),
+    )
     with pytest.raises(InputError, match=r"mixed orientation") as caught:
         read_ct_series(tmp_path / "s")
     assert odd["files"][0].name in str(caught.value)
@@ -298,7 +327,10 @@ def test_transfer_syntax_without_codec_is_named(tmp_path):
     ds = pydicom.dcmread(bad)
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no installed image codec
     ds.save_as(bad)
-    with pytest.raises(InputError, match=rf"{bad.name}: transfer syntax 'MPEG2 Main Profile / Main Level' \(1\.2\.840\.10008\.1\.2\.4\.100\)"):
+    with pytest.raises(
+        InputError,
+        match=rf"{bad.name}: transfer syntax 'MPEG2 Main Profile / Main Level' \(1\.2\.840\.10008\.1\.2\.4\.100\)",
+    ):
         read_ct_series(tmp_path / "s")
 
 
@@ -351,12 +383,21 @@ def test_real_ct_small_hu(tmp_path):
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     raw = np.frombuffer(ds.PixelData, dtype="<i2").reshape(ds.Rows, ds.Columns)  # independent of any decoder
     series = read_ct_series(_single(tmp_path, "CT_small.dcm"))
-    np.testing.assert_array_equal(series.volume_zyx[0], raw.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+    np.testing.assert_array_equal(
+        series.volume_zyx[0], raw.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    )
     assert float(ds.RescaleIntercept) == -1024.0 and series.volume_zyx.min() > -1024.0
-    _check_affine(series, np.array([[float(v) for v in ds.ImagePositionPatient]]), [float(v) for v in ds.ImageOrientationPatient], [float(v) for v in ds.PixelSpacing])
+    _check_affine(
+        series,
+        np.array([[float(v) for v in ds.ImagePositionPatient]]),
+        [float(v) for v in ds.ImageOrientationPatient],
+        [float(v) for v in ds.PixelSpacing],
+    )
 
 
-@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_implicit.dcm"])
+@pytest.mark.parametrize(
+    "name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_implicit.dcm"]
+)
 def test_real_lossless_twins_decode_exactly(name):
     reference_path = get_testdata_file("MR_small.dcm")
     reference = np.frombuffer(pydicom.dcmread(reference_path).PixelData, dtype="<i2").reshape(64, 64)

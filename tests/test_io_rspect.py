@@ -30,7 +30,11 @@ def test_find_study_dirs_train_test_and_direct(tmp_path):
     for split, study in [("train", "b1"), ("train", "a2"), ("test", "c3")]:
         (tmp_path / "kaggle" / split / study / "series").mkdir(parents=True)
     (tmp_path / "kaggle" / "train" / ".cache").mkdir()
-    assert [p.relative_to(tmp_path / "kaggle").as_posix() for p in find_study_dirs(tmp_path / "kaggle")] == ["train/a2", "train/b1", "test/c3"]
+    assert [p.relative_to(tmp_path / "kaggle").as_posix() for p in find_study_dirs(tmp_path / "kaggle")] == [
+        "train/a2",
+        "train/b1",
+        "test/c3",
+    ]
     (tmp_path / "only_test" / "test" / "s9" / "x").mkdir(parents=True)
     assert [p.name for p in find_study_dirs(tmp_path / "only_test")] == ["s9"]
     assert [p.name for p in find_study_dirs(tmp_path / "kaggle" / "train")] == ["a2", "b1"]
@@ -57,7 +61,11 @@ def test_label_csv_bad_rows_fail_only_their_study(tmp_path):
     header = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "pe_present_on_image"]
     rows = [["s1", "r1", "a", 2], ["s1", "r1", "b", 1], ["s1", "r1", "b", 0], ["s2", "r2", "c", 1]]
     labels = read_slice_labels(_csv(tmp_path / "train.csv", header, rows))
-    assert len(labels["s1"].errors) == 2 and "must be 0 or 1" in labels["s1"].errors[0] and "has labels 1 and 0" in labels["s1"].errors[1]
+    assert (
+        len(labels["s1"].errors) == 2
+        and "must be 0 or 1" in labels["s1"].errors[0]
+        and "has labels 1 and 0" in labels["s1"].errors[1]
+    )
     assert labels["s2"].errors == []
     with pytest.raises(InputError, match=r"train.csv:2: study s1"):
         slice_labels_in_order(["a", "b"], labels["s1"], "train.csv")
@@ -65,14 +73,21 @@ def test_label_csv_bad_rows_fail_only_their_study(tmp_path):
 
 def test_label_csv_missing_column_lists_columns(tmp_path):
     path = _csv(tmp_path / "test.csv", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"], [["a", "b", "c"]])
-    with pytest.raises(InputError, match=r"test.csv: missing required column\(s\) 'pe_present_on_image'; columns found: \['StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID'\]"):
+    with pytest.raises(
+        InputError,
+        match=r"test.csv: missing required column\(s\) 'pe_present_on_image'; "
+        r"columns found: \['StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID'\]",
+    ):
         read_slice_labels(path)
 
 
 def test_slice_labels_follow_the_sorted_order_and_reject_unknown_sops():
     labels = StudyLabels("st", {"se"}, {"c": 1, "a": 0, "b": 1})
     assert slice_labels_in_order(["b", "c", "a"], labels, "train.csv") == [1, 1, 0]
-    with pytest.raises(InputError, match=r"train.csv: study st: 1 label row\(s\) name SOPInstanceUIDs that are not in the series \(e.g. c\)"):
+    with pytest.raises(
+        InputError,
+        match=r"train.csv: study st: 1 label row\(s\) name SOPInstanceUIDs that are not in the series \(e.g. c\)",
+    ):
         slice_labels_in_order(["a", "b"], labels, "train.csv")
     with pytest.raises(InputError, match=r"1 of 4 slices have no label row \(e.g. d\)"):
         slice_labels_in_order(["a", "b", "c", "d"], labels, "train.csv")
@@ -103,7 +118,9 @@ def test_box_mask_rejects_unknown_sop_and_clips(tmp_path):
     inside = Box("st", None, "s1", None, -2, 0, 4, 2, line=7)
     mask, notes = box_mask(["s1"], (4, 4), [inside], "boxes.csv")
     assert mask[0, :2, :2].all() and mask.sum() == 4 and "clipped" in notes[0]
-    with pytest.raises(InputError, match=r"boxes.csv:9: study st: box on SOPInstanceUID zz, which is not in the series"):
+    with pytest.raises(
+        InputError, match=r"boxes.csv:9: study st: box on SOPInstanceUID zz, which is not in the series"
+    ):
         box_mask(["s1"], (4, 4), [Box("st", None, "zz", None, 0, 0, 1, 1, line=9)], "boxes.csv")
     with pytest.raises(InputError, match=r"covers no pixel"):
         box_mask(["s1"], (4, 4), [Box("st", None, "s1", None, 10, 0, 1, 1, line=3)], "boxes.csv")
@@ -112,7 +129,14 @@ def test_box_mask_rejects_unknown_sop_and_clips(tmp_path):
 def test_box_column_mapping_dict_and_file(tmp_path):
     header = ["study", "sop", "bx", "by", "bw", "bh"]
     path = _csv(tmp_path / "boxes_renamed.csv", header, [["st", "s1", 0, 0, 2, 2]])
-    mapping = {"StudyInstanceUID": "study", "SOPInstanceUID": "sop", "x": "bx", "y": "by", "width": "bw", "height": "bh"}
+    mapping = {
+        "StudyInstanceUID": "study",
+        "SOPInstanceUID": "sop",
+        "x": "bx",
+        "y": "by",
+        "width": "bw",
+        "height": "bh",
+    }
     boxes = read_boxes(path, mapping)
     assert boxes["st"][0].series_uid is None and boxes["st"][0].width == 2.0
     mapping_file = tmp_path / "mapping.json"
@@ -123,7 +147,9 @@ def test_box_column_mapping_dict_and_file(tmp_path):
 
 
 def test_box_csv_missing_required_column_lists_columns(tmp_path):
-    path = _csv(tmp_path / "boxes.csv", ["StudyInstanceUID", "SOPInstanceUID", "X", "Y", "W", "H"], [["st", "s1", 0, 0, 1, 1]])
+    path = _csv(
+        tmp_path / "boxes.csv", ["StudyInstanceUID", "SOPInstanceUID", "X", "Y", "W", "H"], [["st", "s1", 0, 0, 1, 1]]
+    )
     with pytest.raises(InputError) as caught:
         read_boxes(path)
     message = str(caught.value)
@@ -138,4 +164,8 @@ def test_box_csv_bad_values(tmp_path):
     with pytest.raises(InputError, match=r"boxes.csv:2: box x, y, width, height must be numbers"):
         read_boxes(_csv(tmp_path / "boxes.csv", header, [["st", "se", "s1", "", 1, "", 2, 2]]))
     with pytest.raises(InputError, match=r"boxes.csv:3: invalid box"):
-        read_boxes(_csv(tmp_path / "boxes.csv", header, [["st", "se", "s1", "", 1, 1, 2, 2], ["st", "se", "s1", "", 1, 1, 0, 2]]))
+        read_boxes(
+            _csv(
+                tmp_path / "boxes.csv", header, [["st", "se", "s1", "", 1, 1, 2, 2], ["st", "se", "s1", "", 1, 1, 0, 2]]
+            )
+        )

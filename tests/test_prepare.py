@@ -28,9 +28,23 @@ from custom.io.prepare import build_datalist, prepare_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE_COLUMNS = [
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "pe_present_on_image", "negative_exam_for_pe", "qa_motion",
-    "qa_contrast", "flow_artifact", "rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1", "leftsided_pe", "chronic_pe",
-    "true_filling_defect_not_pe", "rightsided_pe", "acute_and_chronic_pe", "central_pe", "indeterminate",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "pe_present_on_image",
+    "negative_exam_for_pe",
+    "qa_motion",
+    "qa_contrast",
+    "flow_artifact",
+    "rv_lv_ratio_gte_1",
+    "rv_lv_ratio_lt_1",
+    "leftsided_pe",
+    "chronic_pe",
+    "true_filling_defect_not_pe",
+    "rightsided_pe",
+    "acute_and_chronic_pe",
+    "central_pe",
+    "indeterminate",
 ]
 BOX_COLUMNS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Artery", "x", "y", "width", "height"]
 ENTRY_KEYS = {"image", "label", "study_uid", "series_uid", "n_slices", "slice_labels", "pe_present"}
@@ -50,18 +64,30 @@ class Cohort:
         self.label_rows: list[list] = []
         self.box_rows: list[list] = []
 
-    def add(self, name: str, n_slices: int = 6, positive: tuple[int, ...] = (), boxes: dict[int, list] | None = None, labeled: bool = True, **series_kwargs) -> dict:
+    def add(
+        self,
+        name: str,
+        n_slices: int = 6,
+        positive: tuple[int, ...] = (),
+        boxes: dict[int, list] | None = None,
+        labeled: bool = True,
+        **series_kwargs,
+    ) -> dict:
         study_uid = series_kwargs.pop("study_uid", _hex12(self.rng))
         series_uid = series_kwargs.pop("series_uid", _hex12(self.rng))
         sop_uids = [_hex12(self.rng) for _ in range(n_slices)]
         hu = series_kwargs.pop("hu", None)
         hu = hu_volume(n_slices, seed=len(self.studies)) if hu is None else hu
         folder = self.root / self.split / study_uid / series_uid
-        info = write_ct_series(folder, hu, study_uid=study_uid, series_uid=series_uid, sop_uids=sop_uids, **series_kwargs)
+        info = write_ct_series(
+            folder, hu, study_uid=study_uid, series_uid=series_uid, sop_uids=sop_uids, **series_kwargs
+        )
         slice_labels = [int(k in positive) for k in range(n_slices)]
         if labeled:
             exam = [int(not positive)] + [0] * 12
-            self.label_rows += [[study_uid, series_uid, sop, label, *exam] for sop, label in zip(sop_uids, slice_labels)]
+            self.label_rows += [
+                [study_uid, series_uid, sop, label, *exam] for sop, label in zip(sop_uids, slice_labels)
+            ]
         for k, rects in (boxes or {}).items():
             self.box_rows += [[study_uid, series_uid, sop_uids[k], "RightMain", *rect] for rect in rects]
         self.studies[name] = {**info, "hu": hu, "slice_labels": slice_labels, "boxes": boxes or {}, "folder": folder}
@@ -118,7 +144,9 @@ def test_prepare_writes_images_labels_and_datalist(tmp_path):
         assert image.get_data_dtype() == np.int16
         volume, affine = read_volume(out / entry["image"])
         np.testing.assert_array_equal(volume, study["hu"])
-        np.testing.assert_allclose(affine @ [0, 0, 1, 1], [60.0, 45.0, 101.25, 1.0], atol=1e-4)  # LPS (-60,-45,100)+1.25 z -> RAS
+        np.testing.assert_allclose(
+            affine @ [0, 0, 1, 1], [60.0, 45.0, 101.25, 1.0], atol=1e-4
+        )  # LPS (-60,-45,100)+1.25 z -> RAS
         if name != "pos_nobox":
             mask, mask_affine = read_volume(out / entry["label"])
             assert mask.dtype == np.uint8
@@ -145,7 +173,9 @@ def test_resume_skips_finished_studies_and_redoes_changed_ones(tmp_path):
     assert image.stat().st_mtime_ns == stamp
     image.unlink()  # an interrupted study: output missing -> redone
     with boxes_csv.open("a", newline="") as handle:  # a new box for "pos" -> its inputs changed -> redone
-        csv.writer(handle).writerow([uids["pos"], cohort.studies["pos"]["series_uid"], cohort.studies["pos"]["sop_uids"][0], "Main", 0, 0, 2, 2])
+        csv.writer(handle).writerow(
+            [uids["pos"], cohort.studies["pos"]["series_uid"], cohort.studies["pos"]["sop_uids"][0], "Main", 0, 0, 2, 2]
+        )
     third = prepare_cohort(tmp_path / "C", out, boxes_csv=boxes_csv, workers=1)
     assert sorted(third.prepared) == sorted([uids["neg"], uids["pos"]]) and len(third.skipped) == 2
     mask, _ = read_volume(out / "labels" / f"{uids['pos']}.nii.gz")
@@ -171,9 +201,13 @@ def _bad_cohort(root: Path) -> tuple[Cohort, dict[str, str]]:
         truncated["study_uid"]: rf"{truncated['files'][3].name}: truncated",
         non_ct["study_uid"]: rf"no CT image series.*({'|'.join(f.name for f in non_ct['files'])}): Modality MR",
         missing["study_uid"]: rf"{missing['files'][3].name}: missing slice",
-        duplicate["study_uid"]: rf"({duplicate['files'][3].name}|{duplicate['files'][4].name}): two slices at one position: it and "
+        duplicate[
+            "study_uid"
+        ]: rf"({duplicate['files'][3].name}|{duplicate['files'][4].name}): two slices at one position: it and "
         rf"({duplicate['files'][3].name}|{duplicate['files'][4].name})",
-        unknown["study_uid"]: r"train.csv: study .* name SOPInstanceUIDs that are not in the series \(e.g. deadbeef0000\)",
+        unknown[
+            "study_uid"
+        ]: r"train.csv: study .* name SOPInstanceUIDs that are not in the series \(e.g. deadbeef0000\)",
         "abcdefabcdef": r"abcdefabcdef: empty folder",
     }
     return cohort, expected
@@ -187,8 +221,22 @@ def test_bad_studies_fail_alone_and_the_cli_exits_nonzero(tmp_path):
     out = tmp_path / "P"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "prepare.py"), "--rspect_dir", str(tmp_path / "C"), "--out_dir", str(out), "--boxes_csv", str(boxes_csv), "--workers", "2"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "prepare.py"),
+            "--rspect_dir",
+            str(tmp_path / "C"),
+            "--out_dir",
+            str(out),
+            "--boxes_csv",
+            str(boxes_csv),
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode != 0, result.stdout + result.stderr
     assert "6 studies failed" in result.stderr
@@ -220,12 +268,22 @@ def test_kaggle_test_layout_without_labels(tmp_path):
 
 
 def test_mixed_transfer_syntaxes_prepare_to_the_same_nifti(tmp_path):
-    syntaxes = [JPEG2000Lossless, RLELossless, JPEGLSLossless, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless]
+    syntaxes = [
+        JPEG2000Lossless,
+        RLELossless,
+        JPEGLSLossless,
+        DeflatedExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        JPEG2000Lossless,
+    ]
     hu = hu_volume(len(syntaxes), rows=48, cols=40, seed=42)
     outputs = []
     for tag, syntax in (("plain", ExplicitVRLittleEndian), ("mixed", syntaxes)):
         cohort = Cohort(tmp_path / tag, seed=7)  # same seed: same UIDs
-        study = cohort.add("s", n_slices=len(syntaxes), hu=hu, transfer_syntax=syntax, positive=(3,), boxes={3: [(5, 5, 4, 4)]})
+        study = cohort.add(
+            "s", n_slices=len(syntaxes), hu=hu, transfer_syntax=syntax, positive=(3,), boxes={3: [(5, 5, 4, 4)]}
+        )
         _, boxes_csv = cohort.write_csvs()
         assert prepare_cohort(tmp_path / tag, tmp_path / f"P_{tag}", boxes_csv=boxes_csv, workers=1).ok
         outputs.append(tmp_path / f"P_{tag}" / "images" / f"{study['study_uid']}.nii.gz")
@@ -240,7 +298,9 @@ def test_the_series_named_by_the_label_csv_is_used(tmp_path):
     cohort = Cohort(tmp_path / "C")
     study = cohort.add("two", n_slices=4, positive=(1,))
     # a second, longer CT reconstruction that the label CSV does not name
-    write_ct_series(study["folder"].parent / "recon", hu_volume(9, seed=3), study_uid=study["study_uid"], slice_spacing=0.6)
+    write_ct_series(
+        study["folder"].parent / "recon", hu_volume(9, seed=3), study_uid=study["study_uid"], slice_spacing=0.6
+    )
     cohort.write_csvs()
     report = prepare_cohort(tmp_path / "C", tmp_path / "P", workers=1)
     assert report.ok
@@ -255,7 +315,11 @@ def test_box_column_mapping(tmp_path):
     study = cohort.add("s", positive=(2,), boxes={2: [(3, 4, 5, 6)]})
     renamed = ["study", "series", "sop", "artery", "bx", "by", "bw", "bh"]
     _, boxes_csv = cohort.write_csvs(box_header=renamed)
-    with pytest.raises(InputError, match=r"missing required column\(s\) 'StudyInstanceUID', 'SOPInstanceUID', 'x', 'y', 'width', 'height'; columns found: \['study'"):
+    with pytest.raises(
+        InputError,
+        match=r"missing required column\(s\) 'StudyInstanceUID', 'SOPInstanceUID', 'x', 'y', 'width', 'height'; "
+        r"columns found: \['study'",
+    ):
         prepare_cohort(tmp_path / "C", tmp_path / "P", boxes_csv=boxes_csv, workers=1)
     mapping = dict(zip(BOX_COLUMNS, renamed))
     assert prepare_cohort(tmp_path / "C", tmp_path / "P", boxes_csv=boxes_csv, workers=1, box_columns=mapping).ok
@@ -264,7 +328,17 @@ def test_box_column_mapping(tmp_path):
 
 
 def test_split_is_seeded_by_study_and_stratified():
-    records = [{"image": f"images/s{i:02d}.nii.gz", "study_uid": f"s{i:02d}", "series_uid": "x", "n_slices": 3, "slice_labels": [0, int(i < 10), 0], "pe_present": int(i < 10)} for i in range(20)]
+    records = [
+        {
+            "image": f"images/s{i:02d}.nii.gz",
+            "study_uid": f"s{i:02d}",
+            "series_uid": "x",
+            "n_slices": 3,
+            "slice_labels": [0, int(i < 10), 0],
+            "pe_present": int(i < 10),
+        }
+        for i in range(20)
+    ]
     records.append({"image": "images/u.nii.gz", "study_uid": "u", "series_uid": "x", "n_slices": 3})
     first = build_datalist(records, (0.6, 0.2, 0.2), seed=1)
     assert first == build_datalist(list(reversed(records)), (0.6, 0.2, 0.2), seed=1)

@@ -87,7 +87,9 @@ def decoding_plugin(transfer_syntax: str) -> str:
     try:
         decoder = get_decoder(UID(transfer_syntax))
     except NotImplementedError as err:
-        raise LookupError(f"transfer syntax {_syntax_name(transfer_syntax)} has no pixel-data decoder in pydicom") from err
+        raise LookupError(
+            f"transfer syntax {_syntax_name(transfer_syntax)} has no pixel-data decoder in pydicom"
+        ) from err
     if decoder.is_native:
         return ""
     available = set(decoder.available_plugins)
@@ -116,7 +118,9 @@ def check_decodable(dataset: Dataset, path: str | os.PathLike) -> str:
     meta = getattr(dataset, "file_meta", None)
     transfer_syntax = None if meta is None else meta.get("TransferSyntaxUID")
     if not transfer_syntax:
-        raise InputError(f"{path}: no Transfer Syntax UID in the file meta information (truncated or not a DICOM Part 10 file)")
+        raise InputError(
+            f"{path}: no Transfer Syntax UID in the file meta information (truncated or not a DICOM Part 10 file)"
+        )
     try:
         decoding_plugin(str(transfer_syntax))
     except LookupError as err:
@@ -159,7 +163,13 @@ def _check_native_length(dataset: Dataset, path: str | os.PathLike) -> None:
     if bits_allocated < 8 or "Rows" not in dataset or "Columns" not in dataset:
         return  # bit-packed or incomplete headers: left to the decoder's own checks
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    expected = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1)) * frames * (bits_allocated // 8)
+    expected = (
+        int(dataset.Rows)
+        * int(dataset.Columns)
+        * int(dataset.get("SamplesPerPixel", 1))
+        * frames
+        * (bits_allocated // 8)
+    )
     found = len(dataset.PixelData)
     if found < expected:
         raise InputError(f"{path}: truncated file: Pixel Data has {found} bytes, {expected} expected")

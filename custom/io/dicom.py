@@ -109,7 +109,11 @@ def _lenient_value_reading() -> Iterator[None]:
 def _candidate_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     if not files:
         raise InputError(f"{folder}: empty folder (no files)")
     return files
@@ -147,8 +151,14 @@ def _group_by_series(folder: Path, stop_before_pixels: bool, notes: list[str]) -
             continue
         if not (("Rows" in dataset) if stop_before_pixels else _has_pixels(dataset)):
             if "Rows" in dataset or "Image Storage" in _sop_class_name(dataset):
-                raise InputError(f"{path}: truncated or corrupt file: an image ({_sop_class_name(dataset) or 'no SOP class'}) without Pixel Data")
-            not_image.append(f"{path.name} ({_sop_class_name(dataset) or 'no SOP class'}, Modality {dataset.get('Modality', 'missing')})")
+                raise InputError(
+                    f"{path}: truncated or corrupt file: an image ({_sop_class_name(dataset) or 'no SOP class'}) "
+                    "without Pixel Data"
+                )
+            not_image.append(
+                f"{path.name} ({_sop_class_name(dataset) or 'no SOP class'}, Modality "
+                f"{dataset.get('Modality', 'missing')})"
+            )
             continue
         series_uid = str(dataset.get("SeriesInstanceUID", "")).strip()
         if not series_uid:
@@ -159,7 +169,10 @@ def _group_by_series(folder: Path, stop_before_pixels: bool, notes: list[str]) -
     if not_image:
         notes.append(f"{folder}: ignored {len(not_image)} DICOM object(s) without an image: {', '.join(not_image[:5])}")
     if not groups:
-        raise InputError(f"{folder}: no DICOM image files ({len(not_dicom)} non-DICOM files, {len(not_image)} objects without an image)")
+        raise InputError(
+            f"{folder}: no DICOM image files ({len(not_dicom)} non-DICOM files, {len(not_image)} objects without an "
+            "image)"
+        )
     return groups
 
 
@@ -228,16 +241,22 @@ def read_ct_series(
         return _read_series(folder, chosen, groups[chosen], padding_hu, spacing_tolerance, notes)
 
 
-def _select_series(folder: Path, groups: dict[str, list[tuple[Path, Dataset]]], series_uid: str | None, notes: list[str]) -> str:
+def _select_series(
+    folder: Path, groups: dict[str, list[tuple[Path, Dataset]]], series_uid: str | None, notes: list[str]
+) -> str:
     infos = {uid: _describe(uid, items) for uid, items in groups.items()}
-    ct_series = sorted((info for info in infos.values() if info.modality == "CT"), key=lambda info: (-len(info.files), info.series_uid))
+    ct_series = sorted(
+        (info for info in infos.values() if info.modality == "CT"), key=lambda info: (-len(info.files), info.series_uid)
+    )
     if series_uid is not None:
         if series_uid not in infos:
             found = ", ".join(f"{uid} ({info.modality or '?'}, {len(info.files)} files)" for uid, info in infos.items())
             raise InputError(f"{folder}: the requested series {series_uid} is not in the folder; found: {found}")
         info = infos[series_uid]
         if info.modality != "CT":
-            raise InputError(f"{info.files[0]}: series {series_uid} is not a CT image series (Modality {info.modality or 'missing'})")
+            raise InputError(
+                f"{info.files[0]}: series {series_uid} is not a CT image series (Modality {info.modality or 'missing'})"
+            )
         reason = "requested"
     else:
         if not ct_series:
@@ -251,7 +270,9 @@ def _select_series(folder: Path, groups: dict[str, list[tuple[Path, Dataset]]], 
         if other.series_uid == info.series_uid:
             continue
         kind = "CT" if other.modality == "CT" else f"non-CT (Modality {other.modality or 'missing'})"
-        notes.append(f"{folder}: ignored {kind} series {other.series_uid} ({len(other.files)} files, e.g. {other.files[0].name})")
+        notes.append(
+            f"{folder}: ignored {kind} series {other.series_uid} ({len(other.files)} files, e.g. {other.files[0].name})"
+        )
     return info.series_uid
 
 
@@ -260,7 +281,10 @@ def _floats(dataset: Dataset, keyword: str, path: Path, count: int) -> np.ndarra
     if value is None:
         raise InputError(f"{path}: missing {keyword}")
     try:
-        array = np.asarray([float(v) for v in (value if isinstance(value, Sequence) and not isinstance(value, str) else [value])], dtype=np.float64)
+        array = np.asarray(
+            [float(v) for v in (value if isinstance(value, Sequence) and not isinstance(value, str) else [value])],
+            dtype=np.float64,
+        )
     except (TypeError, ValueError):
         raise InputError(f"{path}: {keyword} is not numeric: {value!r}") from None
     if array.shape != (count,) or not np.isfinite(array).all():
@@ -287,19 +311,27 @@ def _read_series(
         _check_single_frame_ct(path, ds)
         if (int(ds.get("Rows", 0)), int(ds.get("Columns", 0))) != (rows, cols):
             raise InputError(
-                f"{path}: {ds.get('Rows')}x{ds.get('Columns')} pixels but {first_path.name} has {rows}x{cols} (mixed Rows/Columns in series {series_uid})"
+                f"{path}: {ds.get('Rows')}x{ds.get('Columns')} pixels but {first_path.name} has {rows}x{cols} (mixed "
+                f"Rows/Columns in series {series_uid})"
             )
         iop = _floats(ds, "ImageOrientationPatient", path, 6)
         if np.abs(iop - orientation).max() > _DIRECTION_TOLERANCE:
             raise InputError(
-                f"{path}: ImageOrientationPatient {iop.round(5).tolist()} differs from {orientation.round(5).tolist()} of {first_path.name} "
+                f"{path}: ImageOrientationPatient {iop.round(5).tolist()} differs from "
+                f"{orientation.round(5).tolist()} of {first_path.name} "
                 f"(mixed orientation in series {series_uid})"
             )
         spacing = _floats(ds, "PixelSpacing", path, 2)
         if np.abs(spacing - pixel_spacing).max() > _DIRECTION_TOLERANCE * max(1.0, float(pixel_spacing.max())):
-            raise InputError(f"{path}: PixelSpacing {spacing.tolist()} differs from {pixel_spacing.tolist()} of {first_path.name} (mixed pixel spacing)")
+            raise InputError(
+                f"{path}: PixelSpacing {spacing.tolist()} differs from {pixel_spacing.tolist()} of {first_path.name} "
+                "(mixed pixel spacing)"
+            )
         if str(ds.get("StudyInstanceUID", "")).strip() != study_uid:
-            raise InputError(f"{path}: StudyInstanceUID {ds.get('StudyInstanceUID')} differs from {study_uid} of {first_path.name} in series {series_uid}")
+            raise InputError(
+                f"{path}: StudyInstanceUID {ds.get('StudyInstanceUID')} differs from {study_uid} of "
+                f"{first_path.name} in series {series_uid}"
+            )
         sop = str(ds.get("SOPInstanceUID", "")).strip()
         if not sop:
             raise InputError(f"{path}: missing SOPInstanceUID")
@@ -322,7 +354,10 @@ def _read_series(
         notes.append(f"{folder}: lossy transfer syntax {', '.join(UID(s).name for s in lossy)}: HU are approximate")
     thicknesses = sorted({str(ds.get("SliceThickness", "")) for _, ds in items} - {""})
     if len(thicknesses) > 1:
-        notes.append(f"{folder}: mixed SliceThickness {thicknesses} in series {series_uid}; the geometry follows ImagePositionPatient")
+        notes.append(
+            f"{folder}: mixed SliceThickness {thicknesses} in series {series_uid}; the geometry follows "
+            "ImagePositionPatient"
+        )
     volume = _decode_volume(items, rows, cols, padding_hu, notes, folder)
     affine = affine_from_dicom(orientation, positions[0], pixel_spacing, step)
     return CTSeries(
@@ -342,10 +377,17 @@ def _read_series(
 
 def _check_single_frame_ct(path: Path, ds: Dataset) -> None:
     if str(ds.get("Modality", "")) != "CT":
-        raise InputError(f"{path}: Modality {ds.get('Modality', 'missing')} in a CT series (a non-CT file mixed into the series)")
+        raise InputError(
+            f"{path}: Modality {ds.get('Modality', 'missing')} in a CT series (a non-CT file mixed into the series)"
+        )
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        raise InputError(f"{path}: multi-frame image ({ds.NumberOfFrames} frames); only single-frame CT slices are supported")
-    if int(ds.get("SamplesPerPixel", 1)) != 1 or str(ds.get("PhotometricInterpretation", "MONOCHROME2")) != "MONOCHROME2":
+        raise InputError(
+            f"{path}: multi-frame image ({ds.NumberOfFrames} frames); only single-frame CT slices are supported"
+        )
+    if (
+        int(ds.get("SamplesPerPixel", 1)) != 1
+        or str(ds.get("PhotometricInterpretation", "MONOCHROME2")) != "MONOCHROME2"
+    ):
         raise InputError(
             f"{path}: not a grayscale CT slice (SamplesPerPixel {ds.get('SamplesPerPixel')}, "
             f"PhotometricInterpretation {ds.get('PhotometricInterpretation')}); MONOCHROME2 expected"
@@ -353,7 +395,12 @@ def _check_single_frame_ct(path: Path, ds: Dataset) -> None:
 
 
 def _slice_step(
-    items: list[tuple[Path, Dataset]], positions: np.ndarray, normal: np.ndarray, tolerance: float, series_uid: str, notes: list[str]
+    items: list[tuple[Path, Dataset]],
+    positions: np.ndarray,
+    normal: np.ndarray,
+    tolerance: float,
+    series_uid: str,
+    notes: list[str],
 ) -> np.ndarray:
     """The LPS step between consecutive sorted slices, after the duplicate, gap and spacing checks."""
     if len(items) == 1:
@@ -371,7 +418,8 @@ def _slice_step(
     for k in np.flatnonzero(distances > _GAP_FACTOR * median):
         missing = max(1, round(distances[k] / median) - 1)
         raise InputError(
-            f"{items[k + 1][0]}: missing slice(s) before this file: gap of {distances[k]:.3f} mm after {items[k][0].name}, "
+            f"{items[k + 1][0]}: missing slice(s) before this file: gap of {distances[k]:.3f} mm after "
+            f"{items[k][0].name}, "
             f"median spacing {median:.3f} mm (about {missing} slice(s) missing in series {series_uid})"
         )
     for k in np.flatnonzero(np.abs(distances - median) > tolerance * median):
@@ -384,12 +432,16 @@ def _slice_step(
     worst = int(np.argmax(residual))
     if residual[worst] > tolerance * median:
         raise InputError(
-            f"{items[worst][0]}: inconsistent slice spacing: the slice is {residual[worst]:.3f} mm off the regular slice grid "
+            f"{items[worst][0]}: inconsistent slice spacing: the slice is {residual[worst]:.3f} mm off the regular "
+            "slice grid "
             f"of series {series_uid} (tolerance {tolerance:.0%} of {median:.3f} mm)"
         )
     tilt = math.degrees(math.acos(min(1.0, float(step @ normal) / float(np.linalg.norm(step)))))
     if tilt > 0.1:
-        notes.append(f"series {series_uid}: slice step is {tilt:.2f} deg off the slice normal (gantry tilt); the affine is sheared to match")
+        notes.append(
+            f"series {series_uid}: slice step is {tilt:.2f} deg off the slice normal (gantry tilt); the affine is "
+            "sheared to match"
+        )
     return step
 
 
@@ -407,12 +459,16 @@ def _padding_mask(stored: np.ndarray, ds: Dataset) -> np.ndarray | None:
     padding = ds.get("PixelPaddingValue")
     if padding is None or stored.dtype.kind not in "iu":
         return None
-    values = np.array([int(padding), int(ds.get("PixelPaddingRangeLimit", padding))], dtype=np.int64).astype(stored.dtype)
+    values = np.array([int(padding), int(ds.get("PixelPaddingRangeLimit", padding))], dtype=np.int64).astype(
+        stored.dtype
+    )
     low, high = values.min(), values.max()
     return stored == low if low == high else (stored >= low) & (stored <= high)
 
 
-def _decode_volume(items: list[tuple[Path, Dataset]], rows: int, cols: int, padding_hu: float, notes: list[str], folder: Path) -> np.ndarray:
+def _decode_volume(
+    items: list[tuple[Path, Dataset]], rows: int, cols: int, padding_hu: float, notes: list[str], folder: Path
+) -> np.ndarray:
     volume = np.empty((len(items), rows, cols), dtype=np.float32)
     padded = 0
     for index, (path, ds) in enumerate(items):

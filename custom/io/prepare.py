@@ -141,11 +141,17 @@ def prepare_cohort(
     folder_names = {d.name for d in study_dirs}
     orphan_labels = sorted(set(labels) - folder_names)
     if orphan_labels:
-        report.notes.append(f"{labels_csv}: {len(orphan_labels)} studies have label rows but no folder (e.g. {', '.join(orphan_labels[:3])})")
+        report.notes.append(
+            f"{labels_csv}: {len(orphan_labels)} studies have label rows but no folder (e.g. "
+            f"{', '.join(orphan_labels[:3])})"
+        )
     if boxes:
         orphan_boxes = sorted(set(boxes) - folder_names)
         if orphan_boxes:
-            report.notes.append(f"{boxes_csv}: {len(orphan_boxes)} studies have boxes but no folder (e.g. {', '.join(orphan_boxes[:3])})")
+            report.notes.append(
+                f"{boxes_csv}: {len(orphan_boxes)} studies have boxes but no folder (e.g. "
+                f"{', '.join(orphan_boxes[:3])})"
+            )
 
     tasks = []
     for study_dir in study_dirs:
@@ -181,7 +187,10 @@ def prepare_cohort(
     ok_records = [records[task.study_dir] for task in tasks if records[task.study_dir]["status"] == "ok"]
     unlabeled = [r["study_uid"] for r in ok_records if "slice_labels" not in r]
     if unlabeled:
-        report.notes.append(f"{len(unlabeled)} studies have no slice labels; they go to the test split (e.g. {', '.join(unlabeled[:3])})")
+        report.notes.append(
+            f"{len(unlabeled)} studies have no slice labels; they go to the test split (e.g. "
+            f"{', '.join(unlabeled[:3])})"
+        )
     meta = {
         "rspect_dir": str(root),
         "labels_csv": _str(labels_csv),
@@ -228,16 +237,26 @@ def prepare_study(
     if labels is not None:
         named = sorted(labels.series_uids - {""})
         if len(named) > 1:
-            raise InputError(f"{labels_source}: study {labels.study_uid} names {len(named)} series ({', '.join(named)}); one expected")
+            raise InputError(
+                f"{labels_source}: study {labels.study_uid} names {len(named)} series ({', '.join(named)}); one "
+                "expected"
+            )
         series_uid = named[0] if named else None
     series = read_ct_series(study_dir, series_uid=series_uid)
     uid = series.study_uid
     if not _SAFE_UID.match(uid):
-        raise InputError(f"{study_dir}: StudyInstanceUID {uid!r} cannot name a file (letters, digits, '.', '_', '-' only)")
+        raise InputError(
+            f"{study_dir}: StudyInstanceUID {uid!r} cannot name a file (letters, digits, '.', '_', '-' only)"
+        )
     notes = ([f"{study_dir}: the label CSV names series {series_uid}"] if series_uid else []) + list(series.notes)
     if uid != study_dir.name:
         notes.append(f"{study_dir}: folder name differs from the StudyInstanceUID {uid}; outputs are named by the UID")
-    entry: dict[str, Any] = {"image": f"images/{uid}.nii.gz", "study_uid": uid, "series_uid": series.series_uid, "n_slices": series.n_slices}
+    entry: dict[str, Any] = {
+        "image": f"images/{uid}.nii.gz",
+        "study_uid": uid,
+        "series_uid": series.series_uid,
+        "n_slices": series.n_slices,
+    }
     slice_labels = slice_labels_in_order(series.sop_uids, labels, labels_source) if labels is not None else None
     if slice_labels is not None:
         entry["slice_labels"] = slice_labels
@@ -251,11 +270,15 @@ def prepare_study(
             if slice_labels is not None:
                 boxed_negative = int(sum(1 for k, label in enumerate(slice_labels) if label == 0 and mask[k].any()))
                 if boxed_negative:
-                    notes.append(f"{study_dir}: {boxed_negative} slice(s) with boxes are labelled pe_present_on_image = 0")
+                    notes.append(
+                        f"{study_dir}: {boxed_negative} slice(s) with boxes are labelled pe_present_on_image = 0"
+                    )
         elif slice_labels is not None and not any(slice_labels):
             mask = np.zeros(series.volume_zyx.shape, dtype=np.uint8)
         else:
-            notes.append(f"{study_dir}: {'positive' if slice_labels else 'unlabeled'} study without boxes: no label file")
+            notes.append(
+                f"{study_dir}: {'positive' if slice_labels else 'unlabeled'} study without boxes: no label file"
+            )
 
     hu = np.rint(series.volume_zyx)
     if not np.array_equal(hu, series.volume_zyx):
@@ -277,7 +300,9 @@ def prepare_study(
     return entry
 
 
-def build_datalist(records: Sequence[Mapping[str, Any]], split: Sequence[float], seed: int, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_datalist(
+    records: Sequence[Mapping[str, Any]], split: Sequence[float], seed: int, meta: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The MONAI datalist (``load_decathlon_datalist`` style) of prepared studies.
 
     Args:
@@ -320,7 +345,9 @@ def build_datalist(records: Sequence[Mapping[str, Any]], split: Sequence[float],
 def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(v) for v in split)
     if len(values) != 3 or any(not math.isfinite(v) or v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
-        raise InputError(f"split must be three non-negative fractions (training, validation, test) summing to 1, got {tuple(split)}")
+        raise InputError(
+            f"split must be three non-negative fractions (training, validation, test) summing to 1, got {tuple(split)}"
+        )
     return values  # type: ignore[return-value]
 
 
@@ -332,7 +359,9 @@ def _digest(labels: StudyLabels | None, boxes: tuple[Box, ...] | None) -> str:
     """Fingerprint of what a study's outputs depend on besides its DICOM files."""
     content = {
         "version": RECORD_VERSION,
-        "labels": None if labels is None else [sorted(labels.series_uids), sorted(labels.sop_labels.items()), labels.errors],
+        "labels": (
+            None if labels is None else [sorted(labels.series_uids), sorted(labels.sop_labels.items()), labels.errors]
+        ),
         "boxes": None if boxes is None else [asdict(b) for b in boxes],
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
@@ -392,7 +421,10 @@ def _run(tasks: Sequence[_StudyTask], workers: int) -> list[tuple[_StudyTask, di
             try:
                 record = future.result()
             except Exception as err:  # a worker died (killed, out of memory): the study fails, the others go on
-                record = {"status": "failed", "error": f"{task.study_dir}: worker process failed ({type(err).__name__}: {err})"}
+                record = {
+                    "status": "failed",
+                    "error": f"{task.study_dir}: worker process failed ({type(err).__name__}: {err})",
+                }
             results.append((task, record))
     return results
 
@@ -406,7 +438,10 @@ def _fail_duplicate_uids(records: dict[Path, dict[str, Any]]) -> None:
         if len(folders) > 1:
             for folder in folders:
                 others = ", ".join(str(f) for f in folders if f != folder)
-                records[folder] = {"status": "failed", "error": f"{folder}: StudyInstanceUID {uid} is also the study of {others}; outputs would collide"}
+                records[folder] = {
+                    "status": "failed",
+                    "error": f"{folder}: StudyInstanceUID {uid} is also the study of {others}; outputs would collide",
+                }
 
 
 def _log_record(task: _StudyTask, record: Mapping[str, Any]) -> None:

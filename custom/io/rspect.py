@@ -47,7 +47,8 @@ LABEL_COLUMNS: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID", "SOPI
 BOX_COLUMNS_REQUIRED: tuple[str, ...] = ("StudyInstanceUID", "SOPInstanceUID", "x", "y", "width", "height")
 BOX_COLUMNS_OPTIONAL: tuple[str, ...] = ("SeriesInstanceUID", "Artery")
 DEFAULT_BOX_COLUMNS: dict[str, str] = {
-    name: name for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Artery", "x", "y", "width", "height")
+    name: name
+    for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Artery", "x", "y", "width", "height")
 }
 """Field -> CSV column name of the box CSV; override any subset with ``box_columns``."""
 
@@ -111,13 +112,23 @@ def find_study_dirs(rspect_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise InputError(f"{root}: not a folder")
     parents = [root / name for name in _SPLIT_DIRS if (root / name).is_dir()] or [root]
-    studies = [child for parent in parents for child in sorted(parent.iterdir()) if child.is_dir() and not child.name.startswith(".")]
+    studies = [
+        child
+        for parent in parents
+        for child in sorted(parent.iterdir())
+        if child.is_dir() and not child.name.startswith(".")
+    ]
     if not studies:
-        raise InputError(f"{root}: no study folders (expected train/<Study>/<Series>/*.dcm, test/<Study>/..., or <Study>/<Series>/*.dcm)")
+        raise InputError(
+            f"{root}: no study folders (expected train/<Study>/<Series>/*.dcm, test/<Study>/..., or "
+            "<Study>/<Series>/*.dcm)"
+        )
     return studies
 
 
-def _open_csv(path: Path, required: Sequence[str], wanted_by: Mapping[str, str] | None = None) -> tuple[Iterable[dict[str, str]], list[str]]:
+def _open_csv(
+    path: Path, required: Sequence[str], wanted_by: Mapping[str, str] | None = None
+) -> tuple[Iterable[dict[str, str]], list[str]]:
     if not path.is_file():
         raise InputError(f"{path}: CSV file not found")
     handle = path.open(newline="", encoding="utf-8-sig")
@@ -127,7 +138,10 @@ def _open_csv(path: Path, required: Sequence[str], wanted_by: Mapping[str, str] 
     missing = [name for name in required if name not in found]
     if missing:
         handle.close()
-        described = ", ".join(f"'{name}'" + (f" (for {wanted_by[name]})" if wanted_by and wanted_by[name] != name else "") for name in missing)
+        described = ", ".join(
+            f"'{name}'" + (f" (for {wanted_by[name]})" if wanted_by and wanted_by[name] != name else "")
+            for name in missing
+        )
         raise InputError(f"{path}: missing required column(s) {described}; columns found: {found}")
 
     def rows() -> Iterable[dict[str, str]]:
@@ -166,11 +180,16 @@ def read_slice_labels(labels_csv: str | os.PathLike) -> dict[str, StudyLabels]:
         except ValueError:
             value = math.nan
         if value not in (0.0, 1.0) or not sop_uid:
-            labels.errors.append(f"{path}:{line}: study {study_uid}: pe_present_on_image must be 0 or 1 with a SOPInstanceUID, got {raw!r} for {sop_uid!r}")
+            labels.errors.append(
+                f"{path}:{line}: study {study_uid}: pe_present_on_image must be 0 or 1 with a SOPInstanceUID, got "
+                f"{raw!r} for {sop_uid!r}"
+            )
             continue
         previous = labels.sop_labels.setdefault(sop_uid, int(value))
         if previous != int(value):
-            labels.errors.append(f"{path}:{line}: study {study_uid}: SOPInstanceUID {sop_uid} has labels {previous} and {int(value)}")
+            labels.errors.append(
+                f"{path}:{line}: study {study_uid}: SOPInstanceUID {sop_uid} has labels {previous} and {int(value)}"
+            )
     return studies
 
 
@@ -206,7 +225,9 @@ def resolve_box_columns(box_columns: Mapping[str, str] | str | os.PathLike | Non
     return {**DEFAULT_BOX_COLUMNS, **box_columns}
 
 
-def read_boxes(boxes_csv: str | os.PathLike, box_columns: Mapping[str, str] | str | os.PathLike | None = None) -> dict[str, list[Box]]:
+def read_boxes(
+    boxes_csv: str | os.PathLike, box_columns: Mapping[str, str] | str | os.PathLike | None = None
+) -> dict[str, list[Box]]:
     """Boxes of the RSPECT-augmented box CSV, grouped by study.
 
     Args:
@@ -238,7 +259,10 @@ def read_boxes(boxes_csv: str | os.PathLike, box_columns: Mapping[str, str] | st
         except ValueError:
             raise InputError(f"{path}:{line}: box x, y, width, height must be numbers, got {raw}") from None
         if not all(math.isfinite(v) for v in (x, y, width, height)) or width <= 0 or height <= 0:
-            raise InputError(f"{path}:{line}: invalid box x={x}, y={y}, width={width}, height={height} (finite, positive size expected)")
+            raise InputError(
+                f"{path}:{line}: invalid box x={x}, y={y}, width={width}, height={height} (finite, positive size "
+                "expected)"
+            )
         study_uid = (row[columns["StudyInstanceUID"]] or "").strip()
         sop_uid = (row[columns["SOPInstanceUID"]] or "").strip()
         if not study_uid or not sop_uid:
@@ -280,16 +304,22 @@ def slice_labels_in_order(sop_uids: Sequence[str], labels: StudyLabels, source: 
     unknown = sorted(set(labels.sop_labels) - known)
     if unknown:
         raise InputError(
-            f"{source}: study {labels.study_uid}: {len(unknown)} label row(s) name SOPInstanceUIDs that are not in the series "
+            f"{source}: study {labels.study_uid}: {len(unknown)} label row(s) name SOPInstanceUIDs that are not in "
+            "the series "
             f"(e.g. {', '.join(unknown[:3])})"
         )
     unlabeled = [sop for sop in sop_uids if sop not in labels.sop_labels]
     if unlabeled:
-        raise InputError(f"{source}: study {labels.study_uid}: {len(unlabeled)} of {len(sop_uids)} slices have no label row (e.g. {', '.join(unlabeled[:3])})")
+        raise InputError(
+            f"{source}: study {labels.study_uid}: {len(unlabeled)} of {len(sop_uids)} slices have no label row (e.g. "
+            f"{', '.join(unlabeled[:3])})"
+        )
     return [labels.sop_labels[sop] for sop in sop_uids]
 
 
-def box_mask(sop_uids: Sequence[str], shape_yx: tuple[int, int], boxes: Sequence[Box], source: str) -> tuple[np.ndarray, list[str]]:
+def box_mask(
+    sop_uids: Sequence[str], shape_yx: tuple[int, int], boxes: Sequence[Box], source: str
+) -> tuple[np.ndarray, list[str]]:
     """Reference mask of a study: on each slice, the union of all its filled boxes.
 
     Args:
@@ -313,12 +343,16 @@ def box_mask(sop_uids: Sequence[str], shape_yx: tuple[int, int], boxes: Sequence
     for box in boxes:
         k = index.get(box.sop_uid)
         if k is None:
-            raise InputError(f"{source}:{box.line}: study {box.study_uid}: box on SOPInstanceUID {box.sop_uid}, which is not in the series")
+            raise InputError(
+                f"{source}:{box.line}: study {box.study_uid}: box on SOPInstanceUID {box.sop_uid}, which is not in "
+                "the series"
+            )
         c0, c1 = math.ceil(box.x), math.ceil(box.x + box.width)
         r0, r1 = math.ceil(box.y), math.ceil(box.y + box.height)
         if c1 <= 0 or r1 <= 0 or c0 >= cols or r0 >= rows or c1 <= c0 or r1 <= r0:
             raise InputError(
-                f"{source}:{box.line}: study {box.study_uid}: box x={box.x}, y={box.y}, width={box.width}, height={box.height} "
+                f"{source}:{box.line}: study {box.study_uid}: box x={box.x}, y={box.y}, width={box.width}, "
+                f"height={box.height} "
                 f"covers no pixel of the {rows}x{cols} slice {box.sop_uid}"
             )
         if c0 < 0 or r0 < 0 or c1 > cols or r1 > rows:
