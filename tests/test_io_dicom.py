@@ -145,6 +145,21 @@ def test_unsigned_wrapped_padding_value_is_not_a_bright_artefact(tmp_path):
     assert volume.max() == hu[:, :, 3:].max() and np.all(volume[:, :, :3] == -1024.0)
 
 
+def test_pixel_padding_range_becomes_air(tmp_path):
+    hu = hu_volume(2, seed=13)
+    hu[:, 0, :] = -3024.0  # stored -2000
+    hu[:, 1, :] = -2524.0  # stored -1500: inside the padding range [-2000, -1500]
+    hu[:, 2, :] = -2523.0  # stored -1499: outside, kept
+    info = write_ct_series(tmp_path / "s", hu, padding_value=-2000)
+    for path in info["files"]:
+        ds = pydicom.dcmread(path)
+        ds.add_new(0x00280121, "SS", -1500)  # PixelPaddingRangeLimit
+        ds.save_as(path)
+    volume = read_ct_series(tmp_path / "s").volume_zyx
+    assert np.all(volume[:, :2, :] == -1024.0)
+    np.testing.assert_array_equal(volume[:, 2:, :], hu[:, 2:, :])
+
+
 def test_mixed_slice_thickness_is_noted_and_geometry_follows_positions(tmp_path):
     hu = hu_volume(4, seed=8)
     write_ct_series(tmp_path / "s", hu, slice_thickness=[1.25, 2.5, 1.25, 5.0])
