@@ -24,6 +24,7 @@ counted, which keeps the condition meaningful.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +42,7 @@ STOP_FEW_VOXELS = "few_voxels"
 def predict_probabilities(
     classifier: nn.Module,
     minivolumes: torch.Tensor,
-    max_batch: int = 256,
+    max_batch: int = 64,
     autocast_dtype: torch.dtype | None = None,
     target: int = 0,
 ) -> torch.Tensor:
@@ -51,9 +52,9 @@ def predict_probabilities(
         ``(B,)`` float32 on the mini-volumes' device.
     """
     probabilities = []
-    with torch.no_grad(), torch.autocast(
-        device_type=minivolumes.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-    ):
+    device_type = minivolumes.device.type
+    autocast = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    with torch.no_grad(), autocast:
         for start in range(0, minivolumes.shape[0], max_batch):
             output = classifier(minivolumes[start : start + max_batch])
             probabilities.append(torch.sigmoid(output.reshape(output.shape[0], -1)[:, target].float()))
@@ -102,7 +103,7 @@ def iexplain_minivolumes(
     max_rounds: int = 10,
     min_voxels: int = 50,
     fill_value: float = 0.0,
-    max_batch: int = 256,
+    max_batch: int = 64,
     autocast_dtype: torch.dtype | None = None,
     initial_probabilities: torch.Tensor | None = None,
 ) -> MiniVolumeExplanation:

@@ -127,8 +127,10 @@ class IExplainTeacher:
         windows_per_batch: positive windows run through Algorithm 1 together; memory grows with it
             (inputs, references and noise copies of each window) while items per pass are already
             ``n_steps`` x references x noise per window, so a few windows fill ``max_batch``.
-        autocast_dtype: ``None`` or ``torch.bfloat16`` for all passes.
-        channels_last: channels-last memory format (converts the classifier in place).
+        autocast_dtype: ``None`` (float32) or ``torch.bfloat16`` for all passes; see
+            ``IntegratedGradientsExplainer`` for the measured trade-off.
+        channels_last: channels-last memory format (default on, measured faster and numerically the
+            same; converts the classifier in place).
         seed: seed of the IG noise.
         device: where to compute (default: the classifier's device).
 
@@ -157,10 +159,10 @@ class IExplainTeacher:
         max_center_distance_px: float = 160.0,
         fill_value: float = 0.0,
         value_range: Sequence[float] = (0.0, 1.0),
-        max_batch: int = 256,
+        max_batch: int = 64,
         windows_per_batch: int = 16,
         autocast_dtype: torch.dtype | str | None = None,
-        channels_last: bool = False,
+        channels_last: bool = True,
         seed: int = 0,
         device: torch.device | str | None = None,
     ) -> None:
