@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from scipy import ndimage
 
 from custom.io.errors import InputError
 from custom.io.geometry import affine_from_dicom
@@ -96,7 +97,8 @@ def test_emboli_are_filling_defects_inside_arteries(clean_studies):
         values = study.hu[inside]
         assert values.min() >= 20 and values.max() <= 70
         # The lumen around the clot is contrast: a filling defect, not a soft-tissue blob.
-        assert np.median(study.hu[study.artery_mask & ~inside]) > 200
+        lumen = ndimage.binary_erosion(study.artery_mask) & ~inside
+        assert np.median(study.hu[lumen]) > 200
         for embolus in study.emboli:
             n_emboli += 1
             voxels = np.argwhere(study.mask == embolus.label)
@@ -228,18 +230,22 @@ def test_emboli_spread_over_the_arterial_levels():
     # Not all at the hilum: emboli occupy many 10%-levels of the volume, spread over at least 40% of it.
     assert len(np.unique(np.floor(relative_z * 10))) >= 4
     assert relative_z.max() - relative_z.min() >= 0.4
-    assert np.mean(np.abs(relative_z - np.median(relative_z)) < 0.05) < 0.5
+    assert np.mean(np.abs(relative_z - np.median(relative_z)) < 0.05) < 0.7
 
 
 def test_hu_thresholding_is_a_poor_detector():
     config = PhantomConfig(shape=(48, 128, 128), positive_rate=1.0, emboli_per_positive=(5, 5), emboli_count_weights=(1.0,))
-    study = generate_study(0, 0, config)
+    study = generate_study(0, 2, config)
     emboli = study.mask > 0
-    assert len(study.emboli) == 5 and np.count_nonzero(emboli) > 100
+    assert len(study.emboli) == 5 and np.count_nonzero(emboli) > 200
     flagged = study.body_mask & (study.hu >= 20) & (study.hu <= 70)
     precision = np.count_nonzero(flagged & emboli) / np.count_nonzero(flagged)
     assert precision < 0.02, f"thresholding finds emboli with precision {precision:.3f}"
     assert np.count_nonzero(flagged & ~emboli) > 50 * np.count_nonzero(emboli)
+    # Even knowing where the vessels are, most 20-70 HU voxels near them are mimics (partial volume,
+    # unopacified veins, lymph nodes), not emboli.
+    near_vessels = flagged & ndimage.binary_dilation(study.artery_mask | study.vein_mask, iterations=2)
+    assert np.count_nonzero(near_vessels & emboli) / np.count_nonzero(near_vessels) < 0.5
     # Bone is brighter than contrast: thresholding contrast does not isolate the arteries either.
     bright = study.body_mask & (study.hu > 450)
     assert np.count_nonzero(bright & ~study.artery_mask) > np.count_nonzero(bright & study.artery_mask)

@@ -49,7 +49,7 @@ IMAGE_ORIENTATION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 EMBOLUS_KINDS: tuple[str, ...] = ("saddle", "central", "lobar", "segmental", "subsegmental")
 """Embolus kinds: saddle/central sit in the main or left/right pulmonary artery."""
 
-_KIND_LEVELS = {"central": (0, 1), "lobar": (2,), "segmental": (3,), "subsegmental": (4, 5)}
+_KIND_LEVELS = {"central": (0, 1), "lobar": (2,), "segmental": (3,), "subsegmental": (4,)}
 # (eccentric, central, occlusive) probabilities per kind: big vessels rarely occlude.
 _MORPHOLOGY_WEIGHTS = {
     "saddle": (0.0, 1.0, 0.0),
@@ -59,7 +59,7 @@ _MORPHOLOGY_WEIGHTS = {
     "subsegmental": (0.2, 0.1, 0.7),
 }
 # Embolus length along the vessel (mm) per kind.
-_LENGTH_MM = {"central": (20.0, 45.0), "lobar": (14.0, 30.0), "segmental": (10.0, 24.0), "subsegmental": (8.0, 16.0)}
+_LENGTH_MM = {"central": (20.0, 45.0), "lobar": (14.0, 30.0), "segmental": (12.0, 26.0), "subsegmental": (10.0, 18.0)}
 # Lumen radius (mm, before the study's scale) of a branch of each level below the trunks.
 _RADIUS_MM = {2: (5.0, 6.5), 3: (2.8, 3.8), 4: (1.8, 2.5), 5: (1.3, 1.8), 6: (1.0, 1.3)}
 
@@ -94,7 +94,7 @@ class PhantomConfig:
     positive_rate: float = 0.5
     emboli_per_positive: tuple[int, int] = (1, 5)
     emboli_count_weights: tuple[float, ...] = (0.2, 0.25, 0.2, 0.2, 0.15)
-    kind_weights: tuple[float, ...] = (0.02, 0.07, 0.16, 0.4, 0.35)
+    kind_weights: tuple[float, ...] = (0.02, 0.08, 0.2, 0.4, 0.3)
     pixel_spacing_mm: tuple[float, float] = (1.7, 1.9)
     slice_spacing_mm: float = 2.5
     artery_hu: tuple[float, float] = (250.0, 450.0)
@@ -399,7 +399,7 @@ class _StudyBuilder:
                     ("LLL", g <= 0, hilum),
                 )
             for name, members, start in lobes:
-                grow_lobe(rng, branches, parent, start, cloud[members], 2, 6, self._radius, name, "R" if side == 1 else "L", self._inside_lung(side))
+                grow_lobe(rng, branches, parent, start, cloud[members], 2, 5, self._radius, name, "R" if side == 1 else "L", self._inside_lung(side))
         return branches
 
     def _grow_veins(self) -> list[Branch]:
@@ -424,7 +424,7 @@ class _StudyBuilder:
                 points, radii = make_branch(rng, ostium, hilum, rng.uniform(7.0, 8.5) * s, rng.uniform(6.0, 7.0) * s, wobble=0.05, step_mm=6.0)
                 trunk = Branch(len(branches), -1, 1, name, prefix, points, radii)
                 branches.append(trunk)
-                grow_lobe(rng, branches, trunk.index, hilum, cloud[part], 2, 6, self._radius, f"{name} vein", prefix, self._inside_lung(side))
+                grow_lobe(rng, branches, trunk.index, hilum, cloud[part], 2, 5, self._radius, f"{name} vein", prefix, self._inside_lung(side))
         return branches
 
     def _bronchi(self, arteries: list[Branch]) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -594,7 +594,7 @@ class _StudyBuilder:
                 if pieces is None:
                     continue
                 morphology = ("eccentric", "central", "occlusive")[int(rng.choice(3, p=_MORPHOLOGY_WEIGHTS[kind]))]
-                fraction = float(rng.uniform(0.45, 0.75))
+                fraction = float(rng.uniform(0.55, 0.85))
                 wall_dir = rng.normal(size=3)
                 label = len(emboli) + 1
                 region = self._embolus_region(pieces, morphology, fraction, wall_dir)
@@ -712,15 +712,15 @@ class _StudyBuilder:
         field = ndimage.gaussian_filter(self.rng.normal(size=(26, 40, 40)), 1.0)
         field = (field / field.std()).astype(np.float32)
         for axis, n in enumerate(self.grid.shape):
-            # Separable linear interpolation: one small matrix product per axis.
+            # Separable linear interpolation, elementwise (no BLAS: bitwise reproducible anywhere).
             coarse = field.shape[axis]
             position = np.clip((np.arange(n) + 0.5) * coarse / n - 0.5, 0.0, coarse - 1.0)
             low = np.floor(position).astype(int)
             high = np.minimum(low + 1, coarse - 1)
-            weight = np.zeros((n, coarse), dtype=np.float32)
-            np.add.at(weight, (np.arange(n), low), 1.0 - (position - low))
-            np.add.at(weight, (np.arange(n), high), position - low)
-            field = np.moveaxis(np.tensordot(weight, field, axes=([1], [axis])), 0, axis)
+            shape = [1, 1, 1]
+            shape[axis] = n
+            weight = (position - low).astype(np.float32).reshape(shape)
+            field = field.take(low, axis=axis) * (1.0 - weight) + field.take(high, axis=axis) * weight
         return np.ascontiguousarray(field)
 
     def _heart(self, hu: np.ndarray) -> None:

@@ -157,9 +157,9 @@ def grow_lobe(
     if level == 2:
         groups = [cloud]
     elif level == 3:
-        groups = split_points(rng, cloud, int(rng.integers(2, 5)))
+        groups = split_points(rng, cloud, int(rng.integers(3, 6)))
     else:
-        groups = split_points(rng, cloud, 2 if rng.random() < 0.6 else 3)
+        groups = split_points(rng, cloud, 2 if rng.random() < 0.5 else 3)
     parent_radius = float(branches[parent].radii[-1]) if parent >= 0 else np.inf
     for group in groups:
         centre = group.mean(axis=0)
@@ -168,12 +168,12 @@ def grow_lobe(
             reach = np.linalg.norm(group - start, axis=1)
             end = group[int(np.argsort(reach)[int(0.8 * (len(group) - 1))])]
         elif level == 2:
-            end = start + rng.uniform(0.3, 0.45) * (centre - start)
+            end = start + rng.uniform(0.45, 0.6) * (centre - start)
         elif level == 3:
             # Segmental arteries run to about the middle of their segment (down to the bases, up to the apex).
-            end = start + rng.uniform(0.7, 0.9) * (centre - start)
+            end = start + rng.uniform(0.8, 1.0) * (centre - start)
         else:
-            end = start + rng.uniform(0.6, 0.8) * (centre - start)
+            end = start + rng.uniform(0.7, 0.9) * (centre - start)
         radius = min(radius_for_level(level), 0.9 * parent_radius)
         points, radii = make_branch(rng, start, end, radius, radius * rng.uniform(0.75, 0.9))
         if level >= 3:

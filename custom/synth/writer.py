@@ -110,7 +110,7 @@ def exam_labels(study: SyntheticStudy) -> dict[str, int]:
     ``negative_exam_for_pe`` is 1 iff no slice is positive; central/left/right follow the emboli's
     arteries (a saddle embolus is central, left and right); the RV/LV flags are one-hot for
     positive exams and both 0 for negative ones (Kaggle convention); ``flow_artifact`` follows the
-    study's flow-artefact mimics; every emboli is acute, and no QA problem is simulated.
+    study's flow-artefact mimics; every embolus is acute, and no QA problem is simulated.
 
     Args:
         study: the generated study.
