@@ -1,0 +1,148 @@
+"""Pseudo-labels for a whole cohort: the teacher over every study of a datalist, resumable and sharded.
+
+For each study (under ``torchrun``, rank ``r`` of ``w`` takes ``studies[r::w]``):
+
+1. skip it when ``clusters/<uid>.json`` exists (a previous run finished it);
+2. read the HU image, window it like the classifier (``custom.teacher.studies``), build the teacher
+   of its grid (``custom.teacher.TeacherFactory``) and explain it (Condrea et al. 2025, 3.2);
+3. write its volumes and then its JSON atomically (``custom.teacher.TeacherOutputs``).
+
+A crash therefore loses only the study in flight; bad input of one study (an unreadable file, NaN) is
+logged, recorded in ``failures.json`` and the others go on. After a barrier, rank 0 writes
+``index.json`` (every requested study, its status, the rank that ran it, seconds) and ``failures.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch.distributed as dist
+
+from custom.io.atomic import write_json_atomic
+from custom.io.errors import InputError
+from custom.teacher.factory import TeacherFactory
+from custom.teacher.outputs import TeacherOutputs, json_ready
+from custom.teacher.studies import read_windowed_image, study_uid
+
+__all__ = ["STATUS_DONE", "STATUS_FAILED", "STATUS_SKIPPED", "run_cohort"]
+
+STATUS_DONE = "done"
+STATUS_SKIPPED = "skipped"
+STATUS_FAILED = "failed"
+
+logger = logging.getLogger(__name__)
+
+
+def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    distributed = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if distributed else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if distributed else 1
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside a world of {world_size}")
+    return rank, world_size
+
+
+def _explain_one(
+    factory: TeacherFactory, entry: Mapping[str, Any], outputs: TeacherOutputs, window: Sequence[float]
+) -> float:
+    """Explain and write one study; returns the teacher's wall seconds."""
+    uid = study_uid(entry)
+    volume, affine = read_windowed_image(entry, window)
+    if volume.ndim != 3:
+        raise InputError(f"{entry['image']}: expected a 3D study, got shape {volume.shape}")
+    teacher = factory(volume.shape[1], volume.shape[2])
+    start = time.perf_counter()
+    explanation = teacher(volume, study_id=f"{uid} ({entry['image']})")
+    seconds = time.perf_counter() - start
+    record = {
+        "study_uid": uid,
+        "image": os.fspath(entry["image"]),
+        "split": entry.get("split"),
+        "shape": list(volume.shape),
+        "window": [float(w) for w in window],
+        "seconds": round(seconds, 3),
+    }
+    outputs.write(uid, explanation, affine, record)
+    return seconds
+
+
+def run_cohort(
+    factory: TeacherFactory,
+    studies: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    window: Sequence[float] = (100.0, 700.0),
+    overwrite: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> dict[str, Any]:
+    """Run the teacher over a cohort and write its pseudo-labels (see the module docstring).
+
+    Args:
+        factory: builds the teacher of each study's grid.
+        studies: datalist entries with absolute ``image`` paths (``custom.teacher.load_studies``).
+        output_dir: the output folder (layout: ``custom.teacher.outputs``).
+        window: ``(level, width)`` HU window of the classifier.
+        overwrite: redo studies that are already finished.
+        rank: this process's shard (default: the ``torch.distributed`` rank, else 0).
+        world_size: number of shards (default: the ``torch.distributed`` world size, else 1).
+
+    Returns:
+        The index (what rank 0 writes to ``index.json``): ``studies`` (one record per requested study:
+        ``study_uid``, ``status`` done / skipped / failed, ``rank``, ``seconds``), ``done`` (studies
+        whose files are complete), ``failed`` and ``world_size``. Under ``torch.distributed`` every rank
+        returns the gathered index.
+    """
+    rank, world_size = _rank_and_world_size(rank, world_size)
+    outputs = TeacherOutputs(output_dir)
+    uids = [study_uid(entry) for entry in studies]
+    if len(set(uids)) != len(uids):
+        duplicates = sorted({uid for uid in uids if uids.count(uid) > 1})
+        raise InputError(f"studies {duplicates} are listed more than once; their outputs would collide")
+    records, failures = [], []
+    shard = list(studies)[rank::world_size]
+    logger.info("rank %d/%d: %d of %d studies, output %s", rank, world_size, len(shard), len(studies), outputs.root)
+    for entry in shard:
+        uid = study_uid(entry)
+        if outputs.is_done(uid) and not overwrite:
+            logger.info("rank %d/%d: study %s skipped (%s exists)", rank, world_size, uid, outputs.path("clusters", uid))
+            records.append({"study_uid": uid, "status": STATUS_SKIPPED, "rank": rank, "seconds": None})
+            continue
+        try:
+            seconds = _explain_one(factory, entry, outputs, window)
+        except InputError as error:
+            logger.error("rank %d/%d: study %s failed: %s", rank, world_size, uid, error)
+            failures.append({"study_uid": uid, "image": os.fspath(entry["image"]), "error": str(error)})
+            records.append({"study_uid": uid, "status": STATUS_FAILED, "rank": rank, "seconds": None})
+            continue
+        logger.info("rank %d/%d: study %s done in %.2f s", rank, world_size, uid, seconds)
+        records.append({"study_uid": uid, "status": STATUS_DONE, "rank": rank, "seconds": round(seconds, 3)})
+    if dist.is_available() and dist.is_initialized() and world_size > 1:
+        dist.barrier()
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, (records, failures))
+        records = [r for shard_records, _ in gathered for r in shard_records]
+        failures = [f for _, shard_failures in gathered for f in shard_failures]
+    order = {uid: i for i, uid in enumerate(uids)}
+    records.sort(key=lambda r: order[r["study_uid"]])
+    failures.sort(key=lambda f: order[f["study_uid"]])
+    finished = set(outputs.done_studies())
+    index = {
+        "studies": records,
+        "done": [uid for uid in uids if uid in finished],
+        "failed": [f["study_uid"] for f in failures],
+        "world_size": world_size,
+    }
+    if rank == 0:
+        write_json_atomic(outputs.root / "index.json", json_ready(index))
+        write_json_atomic(outputs.root / "failures.json", json_ready(failures))
+        logger.info(
+            "teacher cohort: %d done, %d failed of %d studies (index %s)",
+            len(index["done"]), len(index["failed"]), len(uids), outputs.root / "index.json",
+        )
+    return index

@@ -1,0 +1,106 @@
+"""The teacher's output folder: one set of files per study, written atomically, the JSON last.
+
+Layout of ``output_dir`` (all NIfTI on the study's grid, with the input image's affine)::
+
+    pseudo/<uid>.nii.gz              uint8 0/1, the filtered pseudo-label (the student's training mask)
+    pseudo_unfiltered/<uid>.nii.gz   uint8 0/1, before the size and location filters (paper Table 3)
+    round_maps/<uid>.nii.gz          uint8, first round (1..10) after which a voxel is in the mask, 0 never;
+                                     ``0 < round_map <= r`` is the mask after r rounds (Table 2, Fig. 4)
+    heatmaps/<uid>.nii.gz            float32 in [0, 1], the Gaussian-weighted slice vote (soft map, FROC)
+    clusters/<uid>.json              ``StudyExplanation.summary()`` + study name, image, shape, seconds
+    index.json, failures.json        written by the cohort runner
+
+``clusters/<uid>.json`` is written after the volumes, so its presence means the study is complete:
+a rerun skips it, and a crash leaves at most the volumes of the study in flight, which the rerun
+overwrites.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from custom.explain.teacher import StudyExplanation
+from custom.io.atomic import write_json_atomic
+from custom.io.errors import InputError
+from custom.io.nifti import read_volume, write_volume
+from custom.teacher.studies import NIFTI_READ_ERRORS
+
+__all__ = ["CLUSTERS", "HEATMAPS", "PSEUDO", "PSEUDO_UNFILTERED", "ROUND_MAPS", "TeacherOutputs", "json_ready"]
+
+PSEUDO = "pseudo"
+PSEUDO_UNFILTERED = "pseudo_unfiltered"
+ROUND_MAPS = "round_maps"
+HEATMAPS = "heatmaps"
+CLUSTERS = "clusters"
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays as Python values and NaN/inf as ``None`` (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+class TeacherOutputs:
+    """Paths, writing and reading of one teacher output folder (see the module docstring).
+
+    Args:
+        output_dir: the folder (created on the first write).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike) -> None:
+        self.root = Path(output_dir)
+
+    def path(self, kind: str, uid: str) -> Path:
+        """The file of ``kind`` (``PSEUDO``, ``ROUND_MAPS``, ...) for study ``uid``."""
+        suffix = ".json" if kind == CLUSTERS else ".nii.gz"
+        return self.root / kind / f"{uid}{suffix}"
+
+    def is_done(self, uid: str) -> bool:
+        """Whether the study's files are complete (its JSON, written last, exists)."""
+        return self.path(CLUSTERS, uid).is_file()
+
+    def done_studies(self) -> list[str]:
+        """The studies whose JSON exists, sorted."""
+        folder = self.root / CLUSTERS
+        if not folder.is_dir():
+            return []
+        return sorted(p.name[: -len(".json")] for p in folder.glob("*.json") if not p.name.startswith("."))
+
+    def write(self, uid: str, explanation: StudyExplanation, affine: np.ndarray, record: dict[str, Any]) -> None:
+        """Write a study's volumes, then its JSON (``record`` merged with ``explanation.summary()``)."""
+        write_volume(self.path(PSEUDO, uid), explanation.mask_filtered, affine, np.uint8)
+        write_volume(self.path(PSEUDO_UNFILTERED, uid), explanation.mask_unfiltered, affine, np.uint8)
+        write_volume(self.path(ROUND_MAPS, uid), explanation.round_map, affine, np.uint8)
+        write_volume(self.path(HEATMAPS, uid), explanation.heatmap, affine, np.float32)
+        write_json_atomic(self.path(CLUSTERS, uid), json_ready({**record, **explanation.summary()}))
+
+    def read_summary(self, uid: str) -> dict[str, Any]:
+        """The study's ``clusters/<uid>.json``."""
+        path = self.path(CLUSTERS, uid)
+        try:
+            with open(path) as handle:
+                return json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"{path}: cannot read the teacher's study record ({error})") from error
+
+    def read_volume(self, kind: str, uid: str) -> np.ndarray:
+        """The study's ``kind`` volume, ``(Z, Y, X)``."""
+        path = self.path(kind, uid)
+        try:
+            return read_volume(path)[0]
+        except NIFTI_READ_ERRORS as error:
+            raise InputError(f"{path}: cannot read the teacher output ({error})") from error
