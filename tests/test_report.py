@@ -60,13 +60,15 @@ def _results() -> dict:
                    "difficulty": "default (realistic)"},
         "classifier": {"slice_auc": 0.9173, "slice_f1": 0.7281, "threshold": 0.4129, "study_auc": 0.9517,
                        "pointing_hit_rate": 0.6843, "pointing_slices": 211, "train_minutes": 6.78,
+                       "best_validation_auc": 0.9351,
                        "curve": [{"epoch": e, "minutes": 1.1 * e, "val_auc": 0.7 + 0.04 * e} for e in range(1, 6)],
                        "recipe": {"image_size": 96, "backbone": "tf_efficientnetv2_b0"}},
         "teacher": {"runs": {"1": _run(0.5123, 0.6173, 0.4312), "5": _run(0.5266, 0.6391, 0.4477)},
                     "high_threshold": 0.3141, "froc": _froc(0.5929)},
         "students": {"teacher": _metrics(0.6173, 0.3517, 10), "student": _metrics(0.7034, 0.4126, 10),
                      "finetuned": _metrics(0.7391, 0.4488, 8), "random_init": _metrics(0.6821, 0.3972, 8)},
-        "baselines": {"hu_threshold": {**_metrics(0.0213, 0.0041, 10), "train_minutes": None}},
+        "baselines": {"hu_threshold": {**_metrics(0.0213, 0.0041, 10), "train_minutes": None,
+                                       "rule": "20 <= HU <= 70"}},
         "stages": [{"name": "synthesize", "seconds": 123.4, "peak_memory_mb": 1843.0, "status": "done",
                     "summary": "47 studies | in W/cohort"},
                    {"name": "teacher_1", "seconds": 0.0, "peak_memory_mb": None, "status": "skipped (outputs exist)",
@@ -81,9 +83,9 @@ def _results() -> dict:
 
 
 #: Formatted values of _results() that the report must show, in both files.
-EXPECTED = ["0.917", "0.728", "0.413", "0.952", "0.684", "211", "6.8", "0.512", "0.617", "0.431", "0.527", "0.639",
-            "0.448", "0.703", "0.739", "0.682", "0.021", "0.352", "0.413", "0.449", "0.397", "0.004", "1.42", "3.3",
-            "123.4", "1843", "0.487", "0.272", "587", "9071", "261 to 436", "118 to 197", "flow_artifact 5",
+EXPECTED = ["0.935", "0.917", "0.728", "0.413", "0.952", "0.684", "211", "6.8", "0.512", "0.617", "0.431", "0.527",
+            "0.639", "0.448", "0.703", "0.739", "0.682", "0.021", "0.352", "0.413", "0.449", "0.397", "0.004", "1.42",
+            "3.3", "123.4", "1843", "0.487", "0.272", "587", "9071", "261 to 436", "118 to 197", "flow_artifact 5",
             "central 7", "12.3 s per study", "0.314", "47", "0.593", "4, best"]
 
 
@@ -212,7 +214,7 @@ def test_reasons_and_partial_sections(tmp_path):
     rows = [line for line in markdown.splitlines() if line.startswith("| 5 |")]
     assert len(rows) == 4 and all("| not run | not run | not run |" in r for r in rows)
     assert "| 1 | 4, best | 0.583 | 0.655 | n/a |" in markdown
-    hu_row = next(line for line in markdown.splitlines() if line.startswith("| HU threshold"))
+    hu_row = next(line for line in markdown.splitlines() if line.startswith("| HU threshold (baseline): 20 <= HU"))
     assert "0.021" in hu_row and "| n/a |" in hu_row  # no training time for a threshold
 
 

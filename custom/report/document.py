@@ -146,6 +146,11 @@ def _classifier(results: Mapping[str, Any]) -> Section:
     return out
 
 
+def _numeric_order(key: str) -> tuple[int, str]:
+    """Sort key of numeric strings: ``"5"`` before ``"10"``."""
+    return len(str(key)), str(key)
+
+
 def _teacher_settings(teacher: Mapping[str, Any]) -> Paragraph | None:
     parts = []
     high = number(teacher, "high_threshold", "teacher")
@@ -153,7 +158,7 @@ def _teacher_settings(teacher: Mapping[str, Any]) -> Paragraph | None:
         parts.append(f"hysteresis high threshold {format_value(high)}")
     runs = section(teacher, "runs", "teacher")
     if not isinstance(runs, NotRun):
-        for refs in sorted(runs, key=lambda k: (len(str(k)), str(k))):
+        for refs in sorted(runs, key=_numeric_order):
             run = section(runs, refs, "teacher.runs")
             seconds = number(run, "seconds_per_study", f"teacher.runs.{refs}")
             if seconds is not None:
@@ -171,7 +176,8 @@ def _teacher(results: Mapping[str, Any]) -> list[Section]:
         return [table2, table3]
     table2.blocks.append(refinement_table(teacher))
     runs = section(teacher, "runs", "teacher")
-    for refs in ("1", "5") if isinstance(runs, NotRun) else sorted(set(runs) | {"1", "5"}, key=lambda k: (len(str(k)), str(k))):
+    references = {"1", "5"} | (set() if isinstance(runs, NotRun) else set(runs))
+    for refs in sorted(references, key=_numeric_order):
         run = runs if isinstance(runs, NotRun) else section(runs, refs, "teacher.runs")
         if isinstance(run, NotRun) and run.reason:
             table2.blocks.append(_not_run(run, f"The teacher with {refs} IG reference{'s' if refs != '1' else ''}:"))
@@ -303,7 +309,7 @@ def build_report(results: Mapping[str, Any], work_dir: str | os.PathLike) -> Rep
     work_dir = Path(work_dir)
     fields = [(label, str(results[key])) for key, label in
               (("profile", "Profile"), ("source", "Cohort"), ("command", "Command"), ("created", "Created"),
-               ("work_dir", "Work directory")) if results.get(key) is not None]
+               ("work_dir", "Work directory")) if results.get(key) not in (None, "")]
     intro = Section("", [Paragraph(
         "Every number in this report was computed in this run (read from results.json). Columns headed "
         f"\"{PAPER_COLUMN}\" quote Condrea et al. 2025 (iExplain) on RSPECT for comparison; they are not "

@@ -238,7 +238,7 @@ def cohort_table(cohort: Mapping[str, Any], source: str | None = None) -> Table:
         if not isinstance(hu, NotRun):
             rows.append([label, f"{format_count(number(hu, 'min', f'cohort.{key}'))} to "
                                 f"{format_count(number(hu, 'max', f'cohort.{key}'))}"])
-    rows.append(["Confounders (studies)", _counts(cohort.get("confounders"), "cohort.confounders")])
+    rows.append(["Confounders (instances)", _counts(cohort.get("confounders"), "cohort.confounders")])
     if cohort.get("difficulty") is not None:
         rows.append(["Difficulty", str(cohort["difficulty"])])
     return Table("Cohort", ["Property", "Value"], rows, align="ll",
@@ -263,6 +263,8 @@ def classifier_table(classifier: Mapping[str, Any]) -> Table:
         [f"Slice F1 (threshold {format_rate(threshold)})", format_rate(number(classifier, "slice_f1", w)),
          format_rate(PAPER["slice_f1"])],
         ["Study AUC", format_rate(number(classifier, "study_auc", w)), "—"],
+        ["Best validation slice AUC (model selection)", format_rate(number(classifier, "best_validation_auc", w)),
+         "—"],
         [f"Pointing-game hit rate ({format_count(slices)} positive slices)",
          format_rate(number(classifier, "pointing_hit_rate", w)), "—"],
         ["Training time (min)", _fixed(number(classifier, "train_minutes", w), 1), "—"],
@@ -355,6 +357,8 @@ def localization_table(students: Mapping[str, Any] | NotRun, baselines: Mapping[
     rows, classes = [], []
     for label, metrics, w, key in _model_rows(students, baselines):
         paper = PAPER["f1"].get(key)
+        if not isinstance(metrics, NotRun) and metrics.get("rule"):
+            label = f"{label}: {metrics['rule']}"
         if isinstance(metrics, NotRun):
             cells = [_NOT_RUN] * 10
         else:
