@@ -515,13 +515,15 @@ class _StudyBuilder:
 
     def _describe_stretch(self, item: dict, hu: np.ndarray) -> dict:
         region = np.zeros(self.grid.shape, dtype=bool)
+        core = np.zeros(self.grid.shape, dtype=bool)
         for slices, weight, _ in self._stretch_weights(item):
             region[slices] |= weight >= 0.5
+            core[slices] |= weight >= 0.95
         return {
             "kind": item["kind"],
             "vessel": item["branch"].name,
             "hu": round(item["hu"], 1),
-            **_region_stats(region, hu),
+            **_region_stats(region, hu, core),
         }
 
     def _plan_nodes(self, arteries: list[Branch]) -> list[dict]:
@@ -539,7 +541,7 @@ class _StudyBuilder:
             tangent = branch.point_at(min(at + 1.0, branch.length)) - branch.point_at(max(at - 1.0, 0.0))
             direction -= direction.dot(tangent) / max(tangent.dot(tangent), 1e-9) * tangent
             direction /= max(np.linalg.norm(direction), 1e-9)
-            half = rng.uniform(4.0, 8.0) * np.array([1.0, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)])
+            half = rng.uniform(5.0, 10.0) * np.array([1.0, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)])
             centre = point + direction * (radius + 0.9 * half[0] + 1.0)
             axes = np.linalg.qr(rng.normal(size=(3, 3)))[0]
             out.append({"kind": "lymph_node", "vessel": branch.name, "centre": centre, "axes": axes, "half": half, "hu": float(rng.uniform(30.0, 60.0))})
@@ -564,11 +566,13 @@ class _StudyBuilder:
 
     def _describe_node(self, item: dict, hu: np.ndarray, artery_mask: np.ndarray) -> dict:
         region = np.zeros(self.grid.shape, dtype=bool)
+        core = np.zeros(self.grid.shape, dtype=bool)
         found = self._node_occupancy(item)
         if found is not None:
             slices, occ = found
             region[slices] = (occ >= 0.5) & ~artery_mask[slices]
-        return {"kind": "lymph_node", "vessel": item["vessel"], "hu": round(item["hu"], 1), **_region_stats(region, hu)}
+            core[slices] = (occ >= 0.95) & ~artery_mask[slices]
+        return {"kind": "lymph_node", "vessel": item["vessel"], "hu": round(item["hu"], 1), **_region_stats(region, hu, core)}
 
     # ------------------------------------------------------------------ emboli
     def _plan_emboli(self, arteries: list[Branch], artery_mask: np.ndarray, reserved: np.ndarray, mask: np.ndarray) -> list[Embolus]:
@@ -888,15 +892,21 @@ class _StudyBuilder:
         return np.clip(np.rint(hu), -1024.0, 3071.0).astype(np.float32)
 
 
-def _region_stats(region: np.ndarray, hu: np.ndarray) -> dict:
-    """Voxel count, mean HU, slice range and centroid (voxel indices) of a boolean region."""
+def _region_stats(region: np.ndarray, hu: np.ndarray, core: np.ndarray | None = None) -> dict:
+    """Voxel count, slice range and centroid (voxel indices) of a boolean region, and HU means.
+
+    ``mean_hu`` averages the final HU over the region (partial-volume edges included);
+    ``core_hu`` over ``core`` (voxels fully inside the structure), when given and not empty.
+    """
     count = int(np.count_nonzero(region))
     if count == 0:
-        return {"voxels": 0, "mean_hu": None, "z_range": None, "centroid_zyx": None}
+        return {"voxels": 0, "mean_hu": None, "core_hu": None, "z_range": None, "centroid_zyx": None}
     coords = np.stack(np.unravel_index(np.flatnonzero(region), region.shape), axis=1)
+    core_hu = round(float(hu[core].mean()), 1) if core is not None and core.any() else None
     return {
         "voxels": count,
         "mean_hu": round(float(hu[region].mean()), 1),
+        "core_hu": core_hu,
         "z_range": [int(coords[:, 0].min()), int(coords[:, 0].max())],
         "centroid_zyx": [round(float(c), 2) for c in coords.mean(axis=0)],
     }
