@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import fire
@@ -51,9 +52,13 @@ def main(
         workers: parallel processes.
         uid_style: ``dicom`` (valid 2.25 UIDs) or ``hex12`` (Kaggle-like pseudo-UIDs).
     """
-    config = PhantomConfig(shape=_parse_shape(shape), positive_rate=float(positive_rate))
     start = time.perf_counter()
-    out = write_cohort(out_dir, int(n_studies), int(seed), config, workers=int(workers), uid_style=uid_style)
+    try:
+        config = PhantomConfig(shape=_parse_shape(shape), positive_rate=float(positive_rate))
+        out = write_cohort(out_dir, int(n_studies), int(seed), config, workers=int(workers), uid_style=uid_style)
+    except InputError as error:
+        print(f"synthesize: {error}", file=sys.stderr)
+        sys.exit(2)
     stats = summarize_cohort(json.loads((out / "cohort.json").read_text()))
     stats["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(stats, indent=1))

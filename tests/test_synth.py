@@ -296,3 +296,10 @@ def test_cli_writes_a_cohort(tmp_path):
     stats = json.loads(result.stdout)
     assert stats["studies"] == 1 and stats["slices"] == 12
     assert (out / "train.csv").exists() and (out / "boxes.csv").exists() and (out / "cohort.json").exists()
+    clash = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "synthesize.py"), "--out_dir", str(out), "--n_studies", "1", "--seed", "5", "--shape", "12,48,48"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert clash.returncode == 2 and "differs in seed" in clash.stderr

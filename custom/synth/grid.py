@@ -67,10 +67,6 @@ class VoxelGrid:
             coords.append(values.reshape(shape))
         return (slices[0], slices[1], slices[2]), (coords[0], coords[1], coords[2])
 
-    def to_index(self, points_mm: np.ndarray) -> np.ndarray:
-        """Continuous voxel indices ``(k, j, i)`` of world points ``(..., 3)`` in mm."""
-        return (np.asarray(points_mm, dtype=np.float64) - np.asarray(self.origin)) / np.asarray(self.spacing)
-
     @property
     def partial_volume_width(self) -> float:
         """Width (mm) over which a surface blends into its surroundings: the in-plane voxel size."""

@@ -21,6 +21,7 @@ generated or by how many processes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +30,7 @@ from scipy import ndimage
 from custom.io.errors import InputError
 from custom.io.geometry import affine_from_dicom
 from custom.synth.anatomy import ChestAnatomy, draw_anatomy, ellipsoid_inside
-from custom.synth.grid import VoxelGrid, iter_polyline_samples, render_polyline
+from custom.synth.grid import SegmentSample, VoxelGrid, iter_polyline_samples, render_polyline
 from custom.synth.vessel_tree import Branch, grow_lobe, make_branch
 
 __all__ = [
@@ -355,7 +356,7 @@ class _StudyBuilder:
     def _radius(self, level: int) -> float:
         return float(self.rng.uniform(*_RADIUS_MM[level]) * self.anatomy.scale)
 
-    def _inside_lung(self, side: int):
+    def _inside_lung(self, side: int) -> Callable[[np.ndarray], np.ndarray]:
         anatomy = self.anatomy
         return lambda p: anatomy.lung_side(p[:, 0], p[:, 1], p[:, 2]) == side
 
@@ -461,8 +462,22 @@ class _StudyBuilder:
         return occupancy
 
     # ------------------------------------------------------------- mimics
-    def _plan_stretches(self, branches, occupancy, kind, rate, levels, hu_range, reserved) -> list[dict]:
-        """Flow artefacts (arteries) or unopacified stretches (veins): a lumen stretch of another HU."""
+    def _plan_stretches(
+        self,
+        branches: list[Branch],
+        occupancy: np.ndarray,
+        kind: str,
+        rate: float,
+        levels: tuple[int, ...],
+        hu_range: tuple[float, float],
+        reserved: np.ndarray | None,
+    ) -> list[dict]:
+        """Flow artefacts (arteries) or unopacified stretches (veins): a lumen stretch of another HU.
+
+        With probability ``rate`` the study gets 1-2 (flow) or 1-3 (veins) stretches of 10-28 mm on
+        branches of ``levels``; where ``reserved`` is given, their voxels are marked so no embolus
+        is placed on top of a flow artefact.
+        """
         rng = self.rng
         if rng.random() >= rate:
             return []
@@ -490,7 +505,7 @@ class _StudyBuilder:
             out.append(item)
         return out
 
-    def _stretch_weights(self, item: dict):
+    def _stretch_weights(self, item: dict) -> Iterator[tuple[tuple[slice, slice, slice], np.ndarray, SegmentSample]]:
         """Per segment: (slices, weight, sample) with weight = lumen occupancy x flat-topped bump along the stretch."""
         branch, centre, half = item["branch"], item["centre"], item["half"]
         width = np.float32(self.grid.partial_volume_width)
@@ -547,7 +562,7 @@ class _StudyBuilder:
             out.append({"kind": "lymph_node", "vessel": branch.name, "centre": centre, "axes": axes, "half": half, "hu": float(rng.uniform(30.0, 60.0))})
         return out
 
-    def _node_occupancy(self, item: dict):
+    def _node_occupancy(self, item: dict) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
         reach = float(item["half"].max()) + self.grid.partial_volume_width
         found = self.grid.box(item["centre"] - reach, item["centre"] + reach)
         if found is None:
@@ -626,7 +641,7 @@ class _StudyBuilder:
                     slabs.setdefault(int(np.floor(z / 10.0)), []).append((branch, float(at)))
         return slabs
 
-    def _embolus_pieces(self, kind: str, arteries: list[Branch], positions: dict):
+    def _embolus_pieces(self, kind: str, arteries: list[Branch], positions: dict) -> tuple[list[tuple[Branch, float, float]] | None, str, str]:
         """The stretches ``(branch, centre arclength, half length)`` an embolus covers, its artery and side."""
         rng = self.rng
         if kind == "saddle":
@@ -648,7 +663,7 @@ class _StudyBuilder:
         centre = float(np.clip(at, 0.5 * half, branch.length - 0.5 * half))
         return [(branch, centre, half)], branch.name, branch.side
 
-    def _embolus_region(self, pieces, morphology: str, fraction: float, wall_dir: np.ndarray) -> np.ndarray:
+    def _embolus_region(self, pieces: list[tuple[Branch, float, float]], morphology: str, fraction: float, wall_dir: np.ndarray) -> np.ndarray:
         """Voxels of a clot: an elongated body along the vessel, central, wall-adherent or occlusive."""
         region = np.zeros(self.grid.shape, dtype=bool)
         for branch, centre, half in pieces:
@@ -758,7 +773,7 @@ class _StudyBuilder:
         where = occupancy > 0
         hu[where] += occupancy[where] * (np.float32(value) - hu[where])
 
-    def _tube(self, hu: np.ndarray, scratch: np.ndarray, polylines, value: float, radius_offset: float = 0.0) -> None:
+    def _tube(self, hu: np.ndarray, scratch: np.ndarray, polylines: list[tuple[np.ndarray, np.ndarray]], value: float, radius_offset: float = 0.0) -> None:
         scratch[:] = 0.0
         for points, radii in polylines:
             render_polyline(self.grid, scratch, points, radii, radius_offset)
@@ -797,7 +812,7 @@ class _StudyBuilder:
         self._tube(hu, scratch, [(svc, np.full(3, rng.uniform(8.0, 10.0) * s))], v["svc"])
         self._tube(hu, scratch, [(ivc, np.full(2, rng.uniform(10.0, 12.0) * s))], v["ivc"])
 
-    def _airways(self, hu: np.ndarray, airways) -> None:
+    def _airways(self, hu: np.ndarray, airways: list[tuple[np.ndarray, np.ndarray, float]]) -> None:
         """Airway walls (soft tissue) then their air lumen."""
         v = self.anatomy.values
         scratch = np.zeros(self.grid.shape, dtype=np.float32)

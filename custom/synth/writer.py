@@ -274,7 +274,10 @@ def write_study(out_dir: str | os.PathLike, index: int, seed: int, config: Phant
     if record_path.exists():
         record = _read_record(record_path)
         if record["settings"] != settings:
-            raise InputError(f"{record_path}: written with other settings ({record['settings']}); use a new out_dir")
+            theirs, ours = record["settings"], settings
+            changed = sorted(k for k in ("seed", "uid_style") if theirs.get(k) != ours[k])
+            changed += sorted(f"config.{k}" for k in ours["config"] if theirs.get("config", {}).get(k) != ours["config"][k])
+            raise InputError(f"{record_path}: written with other settings (differs in {', '.join(changed)}); use a new out_dir")
         if (out / "train" / record["study"]["study_uid"]).is_dir() and (out / record["study"]["mask"]).exists():
             return record_path
     study = generate_study(index, seed, config)
