@@ -93,11 +93,15 @@ def test_level_matched_weights_favour_negatives_at_positive_levels():
     levels = np.linspace(0, 1, 100)
     labels = np.zeros(100, dtype=int)
     labels[[45, 50, 55]] = 1  # positives in the middle of the study
-    weights = balanced_slice_weights(labels, levels, level_bins=10, level_floor=0.05)
+    weights = balanced_slice_weights(labels, levels, level_bins=10, level_floor=0.05, level_mix=1.0)
     middle = (~labels.astype(bool)) & (levels >= 0.4) & (levels < 0.6)
     top = (~labels.astype(bool)) & (levels >= 0.9)
     assert weights[labels == 0].sum() == pytest.approx(0.5)
     assert weights[middle].mean() > 10 * weights[top].mean()
+    # with a mix, every level keeps at least its uniform share
+    mixed = balanced_slice_weights(labels, levels, level_bins=10, level_floor=0.05, level_mix=0.5)
+    assert mixed[top].min() >= 0.5 * 0.5 / 97 - 1e-12
+    assert mixed[middle].mean() > 2 * mixed[top].mean()
 
 
 def test_balanced_sampler_draws_both_classes_equally(tmp_path):

@@ -25,6 +25,7 @@ def balanced_slice_weights(
     levels: Sequence[float] | np.ndarray | None = None,
     level_bins: int = 10,
     level_floor: float = 0.05,
+    level_mix: float = 0.5,
 ) -> np.ndarray:
     """Per-slice sampling weights: positives and negatives get equal total weight.
 
@@ -35,6 +36,9 @@ def balanced_slice_weights(
         level_bins: bins of the level histogram.
         level_floor: each bin's share is at least this fraction of the largest, so levels without
             positives are still sampled now and then.
+        level_mix: share of the negative mass that follows the positives' levels; the rest is
+            spread uniformly over all negatives, so the classifier still sees every level (a
+            classifier never shown the top and bottom of the chest scores them arbitrarily).
 
     Returns:
         float64 weights summing to 1.
@@ -55,7 +59,8 @@ def balanced_slice_weights(
         pos_hist = np.bincount(bins[labels], minlength=level_bins).astype(np.float64)
         pos_hist = np.maximum(pos_hist / pos_hist.max(), level_floor)
         neg_count = np.bincount(bins[~labels], minlength=level_bins).astype(np.float64)
-        negative_weight = (pos_hist / np.maximum(neg_count, 1.0))[bins[~labels]]
+        matched = (pos_hist / np.maximum(neg_count, 1.0))[bins[~labels]]
+        negative_weight = level_mix * matched / matched.sum() + (1.0 - level_mix) / n_neg
     weights[~labels] = 0.5 * negative_weight / negative_weight.sum()
     return weights
 

@@ -121,6 +121,9 @@ def _targets(results: dict[str, Any], profile: str) -> list[dict[str, Any]]:
             value = value.get(key) if isinstance(value, dict) else None
         return _finite(value)
 
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
     def target(name: str, value: float | None, goal: str, ok: bool | None, note: str = "") -> dict[str, Any]:
         return {"name": name, "value": value, "target": goal, "met": ok, "note": note}
 
@@ -135,17 +138,17 @@ def _targets(results: dict[str, Any], profile: str) -> list[dict[str, Any]]:
         target("classifier slice AUC", get("classifier", "slice_auc"), ">= 0.90", at_least(get("classifier", "slice_auc"), 0.90)),
         target("pointing-game hit rate", get("classifier", "pointing_hit_rate"), ">= 0.6", at_least(get("classifier", "pointing_hit_rate"), 0.6)),
         target("teacher filtered F1", _finite((teacher.get("filtered") or {}).get("f1")), ">= 0.50", at_least(_finite((teacher.get("filtered") or {}).get("f1")), 0.50)),
-        target("student F1 >= teacher F1", get("students", "student", "f1"), f">= {get('students', 'teacher', 'f1')}",
+        target("student F1 >= teacher F1", get("students", "student", "f1"), f">= {fmt(get('students', 'teacher', 'f1'))} (teacher)",
                beats(get("students", "student", "f1"), get("students", "teacher", "f1"), strict=False)),
-        target("iterative beats a single pass", _finite((teacher.get("best") or {}).get("f1")), f"> {_finite((teacher.get('iteration1') or {}).get('f1'))}",
+        target("iterative beats a single pass", _finite((teacher.get("best") or {}).get("f1")), f"> {fmt(_finite((teacher.get('iteration1') or {}).get('f1')))} (iteration 1)",
                beats(_finite((teacher.get("best") or {}).get("f1")), _finite((teacher.get("iteration1") or {}).get("f1")))),
-        target("filtered beats unfiltered", _finite((teacher.get("filtered") or {}).get("f1")), f"> {_finite((teacher.get('unfiltered') or {}).get('f1'))}",
+        target("filtered beats unfiltered", _finite((teacher.get("filtered") or {}).get("f1")), f"> {fmt(_finite((teacher.get('unfiltered') or {}).get('f1')))} (unfiltered)",
                beats(_finite((teacher.get("filtered") or {}).get("f1")), _finite((teacher.get("unfiltered") or {}).get("f1")))),
     ]
     if profile == "full":
         out += [
             target("student F1 (full)", get("students", "student", "f1"), ">= 0.70", at_least(get("students", "student", "f1"), 0.70)),
-            target("fine-tuned beats random init", get("students", "finetuned", "f1"), f"> {get('students', 'random_init', 'f1')}",
+            target("fine-tuned beats random init", get("students", "finetuned", "f1"), f"> {fmt(get('students', 'random_init', 'f1'))} (random init)",
                    beats(get("students", "finetuned", "f1"), get("students", "random_init", "f1"))),
         ]
     return out

@@ -38,7 +38,8 @@ def load_profile(profile: str) -> dict[str, Any]:
 
 
 def _cli_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    """A value as fire parses it back (Python literals: ``None``, ``True``, ``[1, 2]``)."""
+    return value if isinstance(value, str) else repr(value)
 
 
 def bundle_command(

@@ -1,0 +1,141 @@
+"""Teacher stages of the pipeline (bundle ``iexplain_teacher``) and what the results read from them.
+
+The teacher explains the classifier trained in the same run, so it takes the classifier's network
+settings (model, stage, window, Cutout fill) from the classifier's own configs: the two can never
+disagree. It runs on the weak datalist (no box masks on the training split).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from custom.pipeline.stages import Stage
+
+if TYPE_CHECKING:
+    from custom.pipeline.run import PipelineRun
+
+__all__ = ["classifier_settings", "overlay_assets", "teacher_results", "teacher_stages"]
+
+SHARED_KEYS = ("model_name", "feature_stage", "depth", "window", "cutout_fill")
+
+
+def classifier_settings(run: PipelineRun) -> dict[str, Any]:
+    """The network and input settings of the run's classifier (its configs plus profile overrides)."""
+    from monai.bundle import ConfigParser
+
+    from custom.pipeline.run import REPO
+
+    c = run.profile["classifier"]
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / "classifier" / "configs" / f) for f in c["configs"]])
+    parser.update(dict(c["overrides"]))
+    return {key: parser[key] for key in SHARED_KEYS}
+
+
+def teacher_stages(run: PipelineRun) -> list[Stage]:
+    """Calibrate, infer with 1 reference (all splits) and 5 references (one split), evaluate."""
+    from custom.pipeline.run import bundle_command
+
+    t = run.profile["teacher"]
+    root = run.path("teacher")
+    configs = list(t["configs"])
+    common = {
+        "bundle_root": str(root), "classifier_dir": str(run.path("classifier")), "dataset_dir": str(run.prepared),
+        "datalist": str(run.datalists / "weak.json"), **classifier_settings(run), **t["overrides"],
+    }
+    five = ["five_references.json"]
+    five_split = t.get("five_references_split", "test")
+    nproc = run.nproc
+    multi = ["multi_gpu_inference.json"] if nproc > 1 else []
+    return [
+        Stage("teacher_calibrate", [root / "models" / "calibration.json"], bundle_command("iexplain_teacher", configs + ["calibrate.json"], None, 1, **common),
+              summary=lambda: "high threshold {high_threshold:.4g}".format(**json.loads((root / "models" / "calibration.json").read_text()))),
+        Stage("teacher_infer", [root / "output" / "index.json"], bundle_command("iexplain_teacher", configs + multi, None, nproc, **common),
+              summary=lambda: _infer_summary(root / "output")),
+        Stage("teacher_calibrate_5ref", [root / "models" / "calibration_5ref.json"],
+              bundle_command("iexplain_teacher", configs + five + ["calibrate.json"], None, 1, **common)),
+        Stage("teacher_infer_5ref", [root / "output_5ref" / "index.json"],
+              bundle_command("iexplain_teacher", configs + five + multi, None, nproc, **{**common, "data_list_key": [five_split]}),
+              summary=lambda: _infer_summary(root / "output_5ref")),
+        Stage("teacher_evaluate", [root / "eval" / "teacher_metrics.json"], bundle_command("iexplain_teacher", configs + ["evaluate.json"], None, 1, **common),
+              summary=lambda: _evaluate_summary(root / "eval" / "teacher_metrics.json")),
+    ]
+
+
+def _infer_summary(output: Path) -> str:
+    index = json.loads((output / "index.json").read_text())
+    studies = index.get("studies", index) if isinstance(index, dict) else index
+    return f"pseudo-labels for {len(studies)} studies in {output}"
+
+
+def _evaluate_summary(path: Path) -> str:
+    metrics = json.loads(path.read_text())
+    run = metrics.get("runs", metrics).get("1", {})
+    filtered = run.get("filtered") or run.get("table3", {}).get("filtered", {})
+    return f"test: filtered F1 {filtered.get('f1', float('nan')):.3f}" if filtered else "test metrics written"
+
+
+def teacher_results(run: PipelineRun) -> dict[str, Any] | None:
+    """The teacher's evaluation (Tables 2-3, Fig. 4, FROC) and cost, as the report expects it."""
+    root = run.path("teacher")
+    path = root / "eval" / "teacher_metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    out: dict[str, Any] = {"runs": metrics.get("runs", {})}
+    calibration = root / "models" / "calibration.json"
+    if calibration.exists():
+        out["high_threshold"] = json.loads(calibration.read_text()).get("high_threshold")
+    if "froc" in metrics:
+        out["froc"] = metrics["froc"]
+    for key, run_metrics in out["runs"].items():
+        if "froc" in run_metrics and "froc" not in out and key == "1":
+            out["froc"] = run_metrics["froc"]
+    return out
+
+
+def overlay_assets(run: PipelineRun, n_studies: int = 3) -> str | None:
+    """Save the Fig. 2 analog arrays (study slice, reference, first iteration, final) of a few test studies."""
+    from custom.explain.filtering import filter_clusters
+    from custom.io.atomic import atomic_path
+    from custom.io.nifti import read_volume
+
+    output = run.path("teacher", "output")
+    datalist = json.loads((run.prepared / "datalist.json").read_text())
+    arrays: dict[str, Any] = {}
+    count = 0
+    settings = None
+    for entry in datalist.get("test", []):
+        uid = entry["study_uid"]
+        round_path, pseudo_path = output / "round_maps" / f"{uid}.nii.gz", output / "pseudo" / f"{uid}.nii.gz"
+        if not entry.get("label") or not round_path.exists() or not pseudo_path.exists():
+            continue
+        reference = read_volume(run.prepared / entry["label"])[0] > 0
+        if not reference.any():
+            continue
+        if settings is None:
+            summary = json.loads((output / "clusters" / f"{uid}.json").read_text())
+            settings = summary.get("settings", {})
+        round_map = read_volume(round_path)[0]
+        final = read_volume(pseudo_path)[0] > 0
+        first = filter_clusters(((round_map == 1)).astype(np.uint8), int(settings.get("min_cluster_voxels", 1)),
+                                float(settings.get("max_center_distance_px", 1e9)))[0] > 0
+        k = int(np.argmax(reference.sum(axis=(1, 2))))
+        image = read_volume(run.prepared / entry["image"])[0]
+        arrays.update({f"image_{count}": image[k].astype(np.float32), f"reference_{count}": reference[k].astype(np.uint8),
+                       f"first_{count}": first[k].astype(np.uint8), f"final_{count}": final[k].astype(np.uint8),
+                       f"title_{count}": np.array(f"{uid[-12:]} slice {k}")})
+        count += 1
+        if count == n_studies:
+            break
+    if not count:
+        return None
+    path = run.work / "report_assets" / "overlays.npz"
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+    return "report_assets/overlays.npz"
