@@ -90,7 +90,9 @@ def cohort(tmp_path_factory):
     entries["bad"] = {"image": "images/bad.nii.gz", "study_uid": "bad", "n_slices": 12, "slice_labels": [0] * 12, "pe_present": 0}
     datalist = {split: [entries[uid] for uid in uids] for split, uids in SPLITS.items()}
     (data / "datalist.json").write_text(json.dumps(datalist))
-    # a few dozen balanced steps teach the shallow classifier the blob
+    # a few dozen balanced steps teach the shallow classifier the blob (one thread: the CPU is shared)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     network = SliceClassifier("tf_efficientnetv2_b0", feature_stage=1)
     optimizer = torch.optim.Adam(network.parameters(), 1e-3)
@@ -107,6 +109,7 @@ def cohort(tmp_path_factory):
     network.eval()
     with torch.no_grad():
         probabilities = torch.sigmoid(network(x_all)).flatten()
+    torch.set_num_threads(threads)
     assert probabilities[y_all == 1].min() > 0.5, "the fixture classifier did not learn the blob"
     classifier_dir = root / "classifier"
     (classifier_dir / "models").mkdir(parents=True)
@@ -184,10 +187,6 @@ def test_calibration_picks_the_candidate_of_best_f1_and_writes_it(tmp_path):
         read_high_threshold(tmp_path / "absent.json")
     with pytest.raises(InputError, match="none of the 1 studies has a reference mask"):
         calibrate_high_threshold(factory, studies[2:])
-
-
-def _box(mask: np.ndarray, value: int, z: slice, y: slice, x: slice) -> None:
-    mask[z, y, x] = value
 
 
 def test_evaluation_per_round_tables_histograms_and_froc_on_hand_built_round_maps(tmp_path):
@@ -282,11 +281,21 @@ def test_datalist_and_classifier_inputs_are_checked(cohort, tmp_path):
         read_classifier_threshold(tmp_path / "threshold.json")
 
 
-def test_metadata_follows_the_schema():
+def test_metadata_follows_the_schema_and_default_paths_resolve_from_the_bundle():
     import jsonschema
+    from monai.bundle import ConfigWorkflow
 
     schema = json.loads((REPO / "bundles" / "metadata_schema.json").read_text())
     jsonschema.validate(json.loads((BUNDLE / "configs" / "metadata.json").read_text()), schema)
+    configs = [str(BUNDLE / "configs" / name) for name in ("inference.json", "five_references.json")]
+    workflow = ConfigWorkflow(config_file=configs, workflow_type="infer")
+    workflow.initialize()
+    assert workflow.bundle_root == str(BUNDLE)  # resolved (and cached) from the config files' location
+    parsed = workflow.parser.get_parsed_content
+    assert os.path.normpath(parsed("classifier_weights")) == str(REPO / "bundles" / "classifier" / "models" / "model.pt")
+    assert parsed("output_dir") == str(BUNDLE / "output_5ref") and parsed("calibration_file") == str(BUNDLE / "models" / "calibration_5ref.json")
+    assert parsed("references") == ["fill", "max_distance", "blur", "uniform", "gaussian"]
+    assert parsed("window") == [100, 700] and parsed("neighbourhood") == [5, 15, 15] and parsed("n_steps") == 50
 
 
 # ---------------------------------------------------------------- the bundle CLI

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from custom.io.atomic import write_json_atomic
 from custom.io.errors import InputError
 from custom.teacher.factory import TeacherFactory
-from custom.teacher.outputs import TeacherOutputs, json_ready
+from custom.teacher.outputs import CLUSTERS, TeacherOutputs, json_ready
 from custom.teacher.studies import read_windowed_image, study_uid
 
 __all__ = ["STATUS_DONE", "STATUS_FAILED", "STATUS_SKIPPED", "run_cohort"]
@@ -54,8 +54,6 @@ def _explain_one(
     """Explain and write one study; returns the teacher's wall seconds."""
     uid = study_uid(entry)
     volume, affine = read_windowed_image(entry, window)
-    if volume.ndim != 3:
-        raise InputError(f"{entry['image']}: expected a 3D study, got shape {volume.shape}")
     teacher = factory(volume.shape[1], volume.shape[2])
     start = time.perf_counter()
     explanation = teacher(volume, study_id=f"{uid} ({entry['image']})")
@@ -110,7 +108,7 @@ def run_cohort(
     for entry in shard:
         uid = study_uid(entry)
         if outputs.is_done(uid) and not overwrite:
-            logger.info("rank %d/%d: study %s skipped (%s exists)", rank, world_size, uid, outputs.path("clusters", uid))
+            logger.info("rank %d/%d: study %s skipped (%s exists)", rank, world_size, uid, outputs.path(CLUSTERS, uid))
             records.append({"study_uid": uid, "status": STATUS_SKIPPED, "rank": rank, "seconds": None})
             continue
         try:
