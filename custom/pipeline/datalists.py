@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from custom.io.atomic import write_json_atomic
-from custom.student.datalist import annotated_subset
 
 __all__ = ["absolute_entries", "annotated_datalist", "student_datalist", "weak_datalist"]
 
@@ -59,13 +58,14 @@ def student_datalist(datalist: Mapping[str, Any], base_dir: str | os.PathLike, p
     return path
 
 
-def annotated_datalist(datalist: Mapping[str, Any], base_dir: str | os.PathLike, fraction: float, path: Path) -> Path:
-    """The annotated fine-tuning subset (paper: 25 %) of the training split, with its human masks."""
-    subset = annotated_subset(absolute_entries(datalist["training"], base_dir), fraction)
-    if not subset:
-        raise ValueError("no training study has a reference mask: the fine-tuning subset is empty")
+def annotated_datalist(datalist: Mapping[str, Any], base_dir: str | os.PathLike, path: Path) -> Path:
+    """The training split with its human masks; the student bundle's ``finetune``/``random_init``
+    configs take their annotated subset (paper: 25 %, ``annotated_fraction``) from it."""
+    annotated = [e for e in absolute_entries(datalist["training"], base_dir) if e.get("label")]
+    if not annotated:
+        raise ValueError("no training study has a reference mask: there is nothing to fine-tune on")
     write_json_atomic(path, {
-        "training": subset,
+        "training": annotated,
         "validation": [e for e in absolute_entries(datalist["validation"], base_dir) if e.get("label")],
         "test": [e for e in absolute_entries(datalist["test"], base_dir) if e.get("label")],
     })

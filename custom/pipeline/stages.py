@@ -76,6 +76,49 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def _process_tree_rss_mb(pid: int) -> tuple[float, float]:
+    """``(peak of the process itself, current total of it and its descendants)`` in MB, from /proc."""
+    def status(p: int) -> dict[str, float]:
+        values = {}
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(("VmHWM:", "VmRSS:")):
+                    key, value = line.split(":", 1)
+                    values[key] = float(value.split()[0]) / 1024.0
+        except OSError:
+            pass
+        return values
+
+    def children(p: int) -> list[int]:
+        try:
+            return [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            return []
+
+    own = status(pid)
+    total, stack = own.get("VmRSS", 0.0), children(pid)
+    while stack:
+        child = stack.pop()
+        total += status(child).get("VmRSS", 0.0)
+        stack += children(child)
+    return own.get("VmHWM", 0.0), total
+
+
+def _watch_memory(process: subprocess.Popen, interval: float = 0.5) -> float | None:
+    """Wait for ``process``; return the peak resident memory (MB) of it and its descendants.
+
+    The kernel's ``ru_maxrss`` of a child includes its parent's size before ``exec``, so this polls
+    ``/proc`` instead: the process's own high-water mark and the summed resident size of its tree.
+    Returns ``None`` where ``/proc`` is unavailable.
+    """
+    peak = 0.0
+    while process.poll() is None:
+        hwm, tree = _process_tree_rss_mb(process.pid)
+        peak = max(peak, hwm, tree)
+        time.sleep(interval)
+    return peak or None
+
+
 def run_stage(stage: Stage, log_dir: Path, cwd: Path) -> StageRecord:
     """Run ``stage`` unless its outputs exist.
 
@@ -103,9 +146,7 @@ def run_stage(stage: Stage, log_dir: Path, cwd: Path) -> StageRecord:
             handle.write("$ " + " ".join(str(c) for c in stage.command) + "\n")
             handle.flush()
             process = subprocess.Popen([str(c) for c in stage.command], cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
-            _, status, usage = os.wait4(process.pid, 0)
-            process.returncode = os.waitstatus_to_exitcode(status)
-        peak_mb = usage.ru_maxrss / 1024.0  # kilobytes on Linux
+            peak_mb = _watch_memory(process)
         if process.returncode != 0:
             raise PipelineError(
                 f"stage '{stage.name}' failed with exit status {process.returncode}; log: {log}\n--- last lines ---\n{_tail(log)}"

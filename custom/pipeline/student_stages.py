@@ -16,9 +16,15 @@ if TYPE_CHECKING:
 
 __all__ = ["MODELS", "student_results", "student_stages"]
 
-# model name in the report -> (profile key, folder in the work dir, datalist)
-MODELS = {"student": ("student", "student", "student.json"), "finetuned": ("finetune", "finetuned", "annotated.json"),
-          "random_init": ("random_init", "random_init", "annotated.json")}
+# model in the report -> (profile key, checkpoint folder under the student bundle root, datalist, output folder)
+MODELS = {
+    "student": ("student", "models", "student.json", "output"),
+    "finetuned": ("finetune", "models/finetune", "annotated.json", "output_finetuned"),
+    "random_init": ("random_init", "models/random_init", "annotated.json", "output_random_init"),
+}
+
+
+TRAINING_CONFIGS = ("train.json", "finetune.json", "random_init.json")
 
 
 def _score_summary(path: Path) -> str:
@@ -28,34 +34,45 @@ def _score_summary(path: Path) -> str:
 
 
 def student_stages(run: PipelineRun) -> list[Stage]:
-    """Datalists, then train / infer / score for the student, the fine-tuned and the random-init models."""
+    """Datalists, then train / infer / score for the student, the fine-tuned and the random-init models.
+
+    All three live in one student bundle root (``W/student``): the bundle's ``finetune`` and
+    ``random_init`` configs keep their checkpoints in ``models/finetune`` and ``models/random_init``
+    and fine-tune from ``models/model.pt``, the weakly supervised student.
+    """
     from custom.pipeline.run import REPO, bundle_command
 
     datalist_path = run.prepared / "datalist.json"
+    root = run.path("student")
 
     def make_datalists() -> None:
         datalist = json.loads(datalist_path.read_text())
         student_datalist(datalist, run.prepared, run.path("teacher", "output", "pseudo"), run.datalists / "student.json")
-        annotated_datalist(datalist, run.prepared, float(run.profile["annotated_fraction"]), run.datalists / "annotated.json")
+        annotated_datalist(datalist, run.prepared, run.datalists / "annotated.json")
 
     stages = [Stage("student_datalists", [run.datalists / "student.json", run.datalists / "annotated.json"], function=make_datalists)]
-    for name, (key, folder, datalist) in MODELS.items():
+    for name, (key, ckpt, datalist, output) in MODELS.items():
         settings = run.profile[key]
-        root = run.path(folder)
+        ckpt_dir, output_dir, metrics = root / ckpt, root / output, root / "eval" / f"{name}_test_metrics.json"
         common = {"bundle_root": str(root), "dataset_dir": str(run.prepared), "datalist": str(run.datalists / datalist)}
         train = dict(common, **settings["overrides"])
+        if name != "student":
+            train["annotated_fraction"] = float(run.profile["annotated_fraction"])
+            train["ckpt_dir"] = str(ckpt_dir)
+            train["output_dir"] = str(root / "logs" / name)
         if name == "finetuned":
-            train["pretrained_checkpoint"] = str(run.path("student", "models", "model.pt"))
-        configs = list(settings["configs"])
+            train["pretrained_checkpoint"] = str(root / "models" / "model.pt")
         multi = ["multi_gpu_train.json"] if run.nproc > 1 else []
+        # inference builds the same network: the profile's non-training overrides (e.g. demo.json) and its sizes
+        infer_configs = ["inference.json"] + [c for c in settings["configs"] if c not in TRAINING_CONFIGS]
+        infer_sizes = {k: v for k, v in settings["overrides"].items() if k in ("patch_size", "network_filters")}
         stages += [
-            Stage(f"{name}_train", [root / "models" / "model.pt"], bundle_command("dynunet_student", configs + multi, "training", run.nproc, **train)),
-            Stage(f"{name}_infer", [root / "output"],
-                  bundle_command("dynunet_student", ["inference.json"], None, 1, **common, datalist_key="test", output_dir=str(root / "output"))),
-            Stage(f"{name}_score", [root / "eval" / "test_metrics.json"],
-                  python_command(REPO / "scripts" / "score.py", "--pred_dir", root / "output", "--reference_dir", run.prepared / "labels",
-                                 "--out", root / "eval" / "test_metrics.json"),
-                  summary=lambda path=root / "eval" / "test_metrics.json": _score_summary(path)),
+            Stage(f"{name}_train", [ckpt_dir / "model.pt"], bundle_command("dynunet_student", list(settings["configs"]) + multi, "training", run.nproc, **train)),
+            Stage(f"{name}_infer", [output_dir], bundle_command("dynunet_student", infer_configs, None, 1, **common, **infer_sizes, datalist_key="test",
+                                                                ckpt_dir=str(ckpt_dir), output_dir=str(output_dir))),
+            Stage(f"{name}_score", [metrics],
+                  python_command(REPO / "scripts" / "score.py", "--pred_dir", output_dir, "--reference_dir", run.prepared / "labels", "--out", metrics),
+                  summary=lambda path=metrics: _score_summary(path)),
         ]
     return stages
 
@@ -80,11 +97,12 @@ def student_results(run: PipelineRun) -> dict[str, Any]:
     teacher = teacher_results(run)
     if teacher and "1" in teacher["runs"]:
         rows["teacher"] = dict(teacher["runs"]["1"].get("filtered", {}))
-    for name, (_, folder, _) in MODELS.items():
-        path = run.path(folder, "eval", "test_metrics.json")
+    stages = json.loads((run.work / "stages.json").read_text()) if (run.work / "stages.json").exists() else {}
+    for name in MODELS:
+        path = run.path("student", "eval", f"{name}_test_metrics.json")
         if path.exists():
             rows[name] = _metrics(json.loads(path.read_text()))
-            history = run.path(folder, "logs", "train_minutes.json")
-            if history.exists():
-                rows[name]["train_minutes"] = json.loads(history.read_text()).get("minutes")
+            train = stages.get(f"{name}_train", {})
+            if train.get("status") == "done":
+                rows[name]["train_minutes"] = train["seconds"] / 60.0
     return rows

@@ -61,7 +61,9 @@ def teacher_stages(run: PipelineRun) -> list[Stage]:
         Stage("teacher_infer_5ref", [root / "output_5ref" / "index.json"],
               bundle_command("iexplain_teacher", configs + five + multi, None, nproc, **{**common, "data_list_key": [five_split]}),
               summary=lambda: _infer_summary(root / "output_5ref")),
-        Stage("teacher_evaluate", [root / "eval" / "teacher_metrics.json"], bundle_command("iexplain_teacher", configs + ["evaluate.json"], None, 1, **common),
+        # evaluation reads the test split's reference masks: the full datalist, not the weak one
+        Stage("teacher_evaluate", [root / "eval" / "teacher_metrics.json"],
+              bundle_command("iexplain_teacher", configs + ["evaluate.json"], None, 1, **{**common, "datalist": str(run.prepared / "datalist.json")}),
               summary=lambda: _evaluate_summary(root / "eval" / "teacher_metrics.json")),
     ]
 
@@ -79,22 +81,56 @@ def _evaluate_summary(path: Path) -> str:
     return f"test: filtered F1 {filtered.get('f1', float('nan')):.3f}" if filtered else "test metrics written"
 
 
+def _rates(counts: dict[str, Any] | None) -> dict[str, Any]:
+    counts = counts or {}
+    return {k: counts.get(k) for k in ("sensitivity", "ppv", "f1", "tp", "fp", "fn") if k in counts}
+
+
+def _froc(froc: dict[str, Any] | None) -> dict[str, Any]:
+    froc = froc or {}
+    curve = froc.get("curve", {})
+    return {"fp_per_study": curve.get("fp_per_study", []), "sensitivity": curve.get("sensitivity", []),
+            "average_sensitivity": froc.get("average_sensitivity")}
+
+
 def teacher_results(run: PipelineRun) -> dict[str, Any] | None:
-    """The teacher's evaluation (Tables 2-3, Fig. 4, FROC) and cost, as the report expects it."""
+    """The teacher's evaluation (Tables 2-3, Fig. 4, FROC) and cost, in the report's schema.
+
+    Table 3 compares filtered and unfiltered masks at the best iteration, as the paper does (its
+    Table 3 filtered rows equal its Table 2 best rows).
+    """
     root = run.path("teacher")
     path = root / "eval" / "teacher_metrics.json"
     if not path.exists():
         return None
     metrics = json.loads(path.read_text())
-    out: dict[str, Any] = {"runs": metrics.get("runs", {})}
+    stages = json.loads((run.work / "stages.json").read_text()) if (run.work / "stages.json").exists() else {}
+    runs: dict[str, Any] = {}
+    for references, evaluation in (metrics.get("runs") or metrics.get("settings") or {}).items():
+        if not isinstance(evaluation, dict) or "table2" not in evaluation:
+            continue
+        best_round = evaluation["table3"].get("best_round", {})
+        histogram = evaluation.get("rounds_histogram", {})
+        infer = stages.get("teacher_infer" if references == "1" else "teacher_infer_5ref", {})
+        runs[references] = {
+            "per_round": [{"round": r["round"], **_rates(r.get("filtered"))} for r in evaluation.get("per_round", [])],
+            "iteration1": _rates(evaluation["table2"].get("iteration_1")),
+            "best": {"round": evaluation["table2"].get("best", {}).get("round"), **_rates(evaluation["table2"].get("best"))},
+            "filtered": _rates(best_round.get("filtered")),
+            "unfiltered": _rates(best_round.get("unfiltered")),
+            "rounds_histogram": {**histogram.get("windows", {}), "unit": "windows"},
+            "rounds_histogram_studies": histogram.get("studies", {}),
+            "froc": _froc(evaluation.get("froc")),
+            "n_studies": evaluation.get("n_studies"),
+        }
+        if infer.get("status") == "done" and infer.get("seconds"):
+            runs[references]["stage_seconds"] = infer["seconds"]
+    out: dict[str, Any] = {"runs": runs}
     calibration = root / "models" / "calibration.json"
     if calibration.exists():
         out["high_threshold"] = json.loads(calibration.read_text()).get("high_threshold")
-    if "froc" in metrics:
-        out["froc"] = metrics["froc"]
-    for key, run_metrics in out["runs"].items():
-        if "froc" in run_metrics and "froc" not in out and key == "1":
-            out["froc"] = run_metrics["froc"]
+    if "1" in runs:
+        out["froc"] = runs["1"]["froc"]
     return out
 
 
