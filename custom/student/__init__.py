@@ -1,20 +1,26 @@
 """The DynUNet student of iExplain stage 3 (Condrea et al. 2025, section 3.3): data, outputs, findings."""
 
-from custom.student.bundle_root import bundle_root_from_argv
-from custom.student.checkpoint import LatestCheckpointSaver
+from custom.student.checkpoint import LatestCheckpointSaver, check_pretrained_checkpoint
 from custom.student.datalist import annotated_subset, attach_pseudo_labels, labelled_entries
+from custom.student.evaluation_report import EvaluationReportWriter, study_uids_from_batch
 from custom.student.findings import find_clusters, study_findings
+from custom.student.froc_metric import FROCMetricHandler
 from custom.student.outputs import SaveStudentOutputsd, pending_entries, student_output_paths
+from custom.student.train_time import TrainingTimeWriter
 
 __all__ = [
+    "EvaluationReportWriter",
+    "FROCMetricHandler",
     "LatestCheckpointSaver",
     "SaveStudentOutputsd",
+    "TrainingTimeWriter",
     "annotated_subset",
     "attach_pseudo_labels",
-    "bundle_root_from_argv",
+    "check_pretrained_checkpoint",
     "find_clusters",
     "labelled_entries",
     "pending_entries",
     "student_output_paths",
+    "study_uids_from_batch",
     "study_findings",
 ]

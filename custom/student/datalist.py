@@ -56,9 +56,16 @@ def attach_pseudo_labels(
         Copies of the entries with ``label_key`` set to the pseudo-label path.
 
     Raises:
-        InputError: an entry has no StudyInstanceUID, or its pseudo-label file does not exist.
+        InputError: an entry has no StudyInstanceUID, or its pseudo-label file does not exist, or
+            (without ``pseudo_label_dir``) an entry has no label of its own.
     """
     if not pseudo_label_dir:
+        for entry in entries:
+            if not entry.get(label_key):
+                raise InputError(
+                    f"{entry.get('image', entry)}: training entry of study {entry.get(uid_key)} has no {label_key!r}; "
+                    "give pseudo_label_dir or a datalist whose training labels are the teacher's pseudo-labels"
+                )
         return [dict(e) for e in entries]
     out = []
     for entry in entries:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.engines.utils import PrepareBatch, default_prepare_batch
 from monai.transforms import MixUp
 
@@ -51,7 +52,7 @@ class MixUpPrepareBatch(PrepareBatch):
         """Move the batch to ``device`` (``default_prepare_batch``), then mix it.
 
         Returns:
-            ``(images, labels)`` after Mixup, same shapes and dtypes as given.
+            ``(images, labels)`` after Mixup as plain tensors, same shapes and dtypes as given.
         """
         images, labels = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         if labels is None:
@@ -62,6 +63,13 @@ class MixUpPrepareBatch(PrepareBatch):
             raise ValueError(f"images and labels differ in batch size: {images.shape[0]} vs {labels.shape[0]}")
         if images.shape[0] < 2:
             return images, labels
+        # plain tensors: MONAI 1.6's MixUp indexes with a numpy permutation, which batched MetaTensor
+        # metadata handling rejects; the network needs no metadata
+        images, labels = _plain(images), _plain(labels)
         self._mixer.batch_size = images.shape[0]
         mixed_images, mixed_labels = self._mixer(images, labels)
         return mixed_images, mixed_labels
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor

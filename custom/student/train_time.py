@@ -1,0 +1,60 @@
+"""Training wall time of a bundle run, written beside the logs for the pipeline report (``train_minutes``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+from custom.io.atomic import write_json_atomic
+
+__all__ = ["TrainingTimeWriter"]
+
+
+class TrainingTimeWriter:
+    """Write ``{"minutes", "iterations", "seconds_per_iteration"}`` at every epoch end and at completion.
+
+    ``minutes`` is the wall time of training including validation. A run resumed from a checkpoint
+    (``engine.state.iteration > 0`` when it starts) adds its time to the minutes already in the file.
+
+    Args:
+        path: the JSON file, e.g. ``logs/train_minutes.json``. Only rank 0 writes.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self._start = 0.0
+        self._start_iteration = 0
+        self._previous_minutes = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        """Start the clock when ``engine`` starts; write at each epoch end and at completion."""
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = time.perf_counter()
+        self._start_iteration = int(engine.state.iteration)
+        self._previous_minutes = 0.0
+        if self._start_iteration > 0 and os.path.isfile(self.path):
+            with open(self.path) as f:
+                self._previous_minutes = float(json.load(f).get("minutes", 0.0))
+
+    def __call__(self, engine: Engine) -> None:
+        """Write the record now."""
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        seconds = time.perf_counter() - self._start
+        done = int(engine.state.iteration) - self._start_iteration
+        write_json_atomic(
+            self.path,
+            {
+                "minutes": self._previous_minutes + seconds / 60.0,
+                "iterations": int(engine.state.iteration),
+                "seconds_per_iteration": seconds / done if done > 0 else None,
+            },
+        )
