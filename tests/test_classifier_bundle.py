@@ -127,7 +127,7 @@ def test_train_resume_evaluate_infer_through_cli(tiny_bundle, tmp_path):
 @pytest.mark.slow
 def test_multi_gpu_configs_on_cpu_with_gloo(tiny_bundle, tmp_path):
     configs = tiny_bundle / "configs"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "monai.bundle", "run"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
     out = tmp_path / "mgpu"
     common = [*TINY, "--bundle_root", str(out), "--dataset_dir", str(tiny_bundle / "data")]
     _run(torchrun + ["training", "--config_file", str([str(configs / "train.json"), str(configs / "multi_gpu_train.json")]),
