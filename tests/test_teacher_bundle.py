@@ -365,7 +365,7 @@ def test_multi_gpu_inference_shards_studies_with_gloo(cohort, tmp_path):
     """Two CPU ranks with five IG references: each study is run once, by one rank, and both ranks work."""
     configs = cohort["bundle"] / "configs"
     out = tmp_path / "output_5ref"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "monai.bundle", "run"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
     files = str([str(configs / f"{name}.json") for name in ("inference", "five_references", "multi_gpu_inference")])
     log = _run(torchrun + ["--config_file", files, *TINY, "--dataset_dir", str(cohort["data"]), "--classifier_dir",
                            str(cohort["classifier_dir"]), "--output_dir_5ref", str(out), "--high_threshold", "0.02",
