@@ -48,24 +48,31 @@ def teacher_stages(run: PipelineRun) -> list[Stage]:
         "datalist": str(run.datalists / "weak.json"), **classifier_settings(run), **t["overrides"],
     }
     five = ["five_references.json"]
-    five_split = t.get("five_references_split", "test")
+    five_split = t.get("five_references_split", "test")  # null: the 5-reference ablation is not run
+    evaluation = {**common, "datalist": str(run.prepared / "datalist.json")}
+    if five_split is None:
+        evaluation["evaluation_dirs"] = {"1": str(root / "output")}
     nproc = run.nproc
     multi = ["multi_gpu_inference.json"] if nproc > 1 else []
-    return [
+    stages = [
         Stage("teacher_calibrate", [root / "models" / "calibration.json"], bundle_command("iexplain_teacher", configs + ["calibrate.json"], None, 1, **common),
               summary=lambda: "high threshold {high_threshold:.4g}".format(**json.loads((root / "models" / "calibration.json").read_text()))),
         Stage("teacher_infer", [root / "output" / "index.json"], bundle_command("iexplain_teacher", configs + multi, None, nproc, **common),
               summary=lambda: _infer_summary(root / "output")),
-        Stage("teacher_calibrate_5ref", [root / "models" / "calibration_5ref.json"],
-              bundle_command("iexplain_teacher", configs + five + ["calibrate.json"], None, 1, **common)),
-        Stage("teacher_infer_5ref", [root / "output_5ref" / "index.json"],
-              bundle_command("iexplain_teacher", configs + five + multi, None, nproc, **{**common, "data_list_key": [five_split]}),
-              summary=lambda: _infer_summary(root / "output_5ref")),
-        # evaluation reads the test split's reference masks: the full datalist, not the weak one
-        Stage("teacher_evaluate", [root / "eval" / "teacher_metrics.json"],
-              bundle_command("iexplain_teacher", configs + ["evaluate.json"], None, 1, **{**common, "datalist": str(run.prepared / "datalist.json")}),
-              summary=lambda: _evaluate_summary(root / "eval" / "teacher_metrics.json")),
     ]
+    if five_split is not None:
+        stages += [
+            Stage("teacher_calibrate_5ref", [root / "models" / "calibration_5ref.json"],
+                  bundle_command("iexplain_teacher", configs + five + ["calibrate.json"], None, 1, **common)),
+            Stage("teacher_infer_5ref", [root / "output_5ref" / "index.json"],
+                  bundle_command("iexplain_teacher", configs + five + multi, None, nproc, **{**common, "data_list_key": [five_split]}),
+                  summary=lambda: _infer_summary(root / "output_5ref")),
+        ]
+    # evaluation reads the test split's reference masks: the full datalist, not the weak one
+    stages.append(Stage("teacher_evaluate", [root / "eval" / "teacher_metrics.json"],
+                        bundle_command("iexplain_teacher", configs + ["evaluate.json"], None, 1, **evaluation),
+                        summary=lambda: _evaluate_summary(root / "eval" / "teacher_metrics.json")))
+    return stages
 
 
 def _infer_summary(output: Path) -> str:
