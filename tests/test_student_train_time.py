@@ -32,3 +32,13 @@ def test_minutes_accumulate_over_a_resumed_run(tmp_path) -> None:
     TrainingTimeWriter(path).attach(fresh)
     fresh.run(range(2), max_epochs=1)  # a new run from iteration 0 starts the count again
     assert json.loads(path.read_text())["minutes"] < first["minutes"]
+
+
+def test_interval_writes_before_the_epoch_ends(tmp_path) -> None:
+    path = tmp_path / "t.json"
+    seen = []
+    engine = Engine(lambda e, b: seen.append(json.loads(path.read_text())["iterations"] if path.is_file() else None))
+    TrainingTimeWriter(path, interval=2).attach(engine)
+    engine.run(range(5), max_epochs=1)
+    assert seen == [None, None, 2, 2, 4]
+    assert json.loads(path.read_text())["iterations"] == 5

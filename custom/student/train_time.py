@@ -15,24 +15,31 @@ __all__ = ["TrainingTimeWriter"]
 
 
 class TrainingTimeWriter:
-    """Write ``{"minutes", "iterations", "seconds_per_iteration"}`` at every epoch end and at completion.
+    """Write ``{"minutes", "iterations", "seconds_per_iteration"}`` every ``interval`` iterations, at every epoch end and at completion.
 
     ``minutes`` is the wall time of training including validation. A run resumed from a checkpoint
     (``engine.state.iteration > 0`` when it starts) adds its time to the minutes already in the file.
 
     Args:
         path: the JSON file, e.g. ``logs/train_minutes.json``. Only rank 0 writes.
+        interval: also write every this many iterations (``None``: epoch ends only), so that an
+            interrupted run that resumes from a checkpoint still counts the time it had spent.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, interval: int | None = None) -> None:
+        if interval is not None and interval < 1:
+            raise ValueError(f"interval must be a positive number of iterations, got {interval}")
         self.path = os.fspath(path)
+        self.interval = interval
         self._start = 0.0
         self._start_iteration = 0
         self._previous_minutes = 0.0
 
     def attach(self, engine: Engine) -> None:
-        """Start the clock when ``engine`` starts; write at each epoch end and at completion."""
+        """Start the clock when ``engine`` starts; write every ``interval`` iterations, at each epoch end and at completion."""
         engine.add_event_handler(Events.STARTED, self._started)
+        if self.interval is not None:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
         engine.add_event_handler(Events.COMPLETED, self)
 
