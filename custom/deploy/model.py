@@ -1,0 +1,209 @@
+"""The dynunet_student for deployment: loaded from a bundle folder or its TorchScript export, run on one volume.
+
+The settings come from the bundle's own ``configs/inference.json`` (for a ``.ts`` file: the copy
+that ``python -m monai.bundle ckpt_export --config_file configs/inference.json`` embeds), so the
+deployed model windows the HU and slides its Gaussian-weighted window exactly as the bundle's
+inference does: the ``inferer`` component, ``window``, ``threshold`` and ``min_cluster_voxels``
+are parsed from that config, optionally overridden by further config files (e.g. ``demo.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.handlers import Checkpoint
+from monai.bundle import ConfigParser
+from monai.data import load_net_with_metadata
+from monai.inferers import Inferer
+from monai.transforms import ScaleIntensityRange
+
+from custom.io.errors import InputError
+
+__all__ = ["StudentModel", "load_student", "predict_probability", "resolve_model_path"]
+
+_INFERENCE_CONFIG = "inference.json"
+
+
+@dataclass(frozen=True, eq=False)
+class StudentModel:
+    """A loaded student, ready for :func:`predict_probability`.
+
+    Attributes:
+        network: the DynUNet (``torch.nn.Module``) or its TorchScript module, in eval mode on ``device``.
+        inferer: the bundle's sliding-window inferer.
+        window: HU window ``(centre, width)`` scaled to ``[0, 1]``.
+        threshold: probability threshold of the mask and the findings.
+        min_voxels: smallest cluster reported in the findings.
+        device: where the network runs.
+        amp: run under autocast (CUDA only).
+        source: the model file or bundle folder.
+        kind: ``"bundle"`` or ``"torchscript"``.
+        name: the bundle's metadata name ("" when unknown).
+        version: the bundle's metadata version ("" when unknown).
+    """
+
+    network: torch.nn.Module
+    inferer: Inferer
+    window: tuple[float, float]
+    threshold: float
+    min_voxels: int
+    device: torch.device
+    amp: bool
+    source: Path
+    kind: str
+    name: str
+    version: str
+
+    def describe(self) -> dict[str, Any]:
+        """The model's identity and settings, as recorded in ``findings.json``."""
+        return {
+            "source": str(self.source),
+            "kind": self.kind,
+            "name": self.name,
+            "version": self.version,
+            "window": list(self.window),
+            "threshold": self.threshold,
+            "min_cluster_voxels": self.min_voxels,
+        }
+
+
+def resolve_model_path(model: str | os.PathLike) -> Path:
+    """The bundle folder or ``.ts`` file that ``model`` designates.
+
+    Args:
+        model: a bundle folder (with ``configs/inference.json``), a ``.ts`` file, or a folder that
+            holds exactly one of those (e.g. the models folder of a MONAI Application Package).
+
+    Returns:
+        The bundle folder or the ``.ts`` file.
+
+    Raises:
+        InputError: nothing usable, or more than one candidate.
+    """
+    path = Path(model)
+    if path.is_file():
+        if path.suffix != ".ts":
+            raise InputError(f"{path}: a model file must be a TorchScript export (.ts); give a bundle folder for model.pt")
+        return path
+    if not path.is_dir():
+        raise InputError(f"{path}: model not found")
+    if (path / "configs" / _INFERENCE_CONFIG).is_file():
+        return path
+    candidates = sorted(
+        {p.parent.parent for p in path.rglob(f"configs/{_INFERENCE_CONFIG}")} | {p for p in path.rglob("*.ts") if p.is_file()}
+    )
+    if len(candidates) != 1:
+        found = ", ".join(str(c) for c in candidates) or "none"
+        raise InputError(f"{path}: expected one bundle folder or one .ts file inside, found {found}")
+    return candidates[0]
+
+
+def _apply_overrides(parser: ConfigParser, config_files: Sequence[str | os.PathLike]) -> None:
+    for config_file in config_files:
+        if not Path(config_file).is_file():
+            raise InputError(f"{config_file}: config override file not found")
+        for key, value in ConfigParser.load_config_file(str(config_file)).items():
+            parser[key] = value
+
+
+def _bundle_network(bundle: Path, parser: ConfigParser, device: torch.device) -> torch.nn.Module:
+    parser["bundle_root"] = str(bundle)
+    network = parser.get_parsed_content("network_def")
+    checkpoint = Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: the bundle has no weights (models/model.pt)")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        Checkpoint.load_objects(to_load={"model": network}, checkpoint=state)
+    except (RuntimeError, KeyError, OSError, EOFError) as error:
+        raise InputError(f"{checkpoint}: cannot load the weights into the configured network ({error})") from None
+    return network.to(device)
+
+
+def load_student(
+    model: str | os.PathLike, config_files: Sequence[str | os.PathLike] = (), device: torch.device | None = None
+) -> StudentModel:
+    """Load the student from a bundle folder (``configs/`` + ``models/model.pt``) or a TorchScript export.
+
+    Args:
+        model: see :func:`resolve_model_path`.
+        config_files: config files merged over ``inference.json`` in order (MONAI ``#`` keys allowed),
+            e.g. the bundle's ``demo.json`` when the weights were trained with it.
+        device: default CUDA when available, else CPU.
+
+    Returns:
+        The :class:`StudentModel`.
+
+    Raises:
+        InputError: no model, no weights, weights that do not fit the network, or a ``.ts`` file
+            without an embedded ``inference.json``.
+    """
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    source = resolve_model_path(model)
+    if source.is_file():
+        try:
+            network, meta, extra = load_net_with_metadata(str(source), map_location=device, more_extra_files=(_INFERENCE_CONFIG,))
+        except RuntimeError as error:
+            raise InputError(f"{source}: not a loadable TorchScript file ({error})") from None
+        if not extra.get(_INFERENCE_CONFIG):
+            raise InputError(
+                f"{source}: no embedded {_INFERENCE_CONFIG}; export with "
+                "`python -m monai.bundle ckpt_export network_def --config_file configs/inference.json ...`"
+            )
+        parser = ConfigParser(json.loads(extra[_INFERENCE_CONFIG]))
+        kind = "torchscript"
+    else:
+        parser = ConfigParser(ConfigParser.load_config_file(str(source / "configs" / _INFERENCE_CONFIG)))
+        meta_file = source / "configs" / "metadata.json"
+        meta = ConfigParser.load_config_file(str(meta_file)) if meta_file.is_file() else {}
+        kind = "bundle"
+    _apply_overrides(parser, config_files)
+    if kind == "bundle":
+        network = _bundle_network(source, parser, device)
+    window = parser.get_parsed_content("window")
+    return StudentModel(
+        network=network.eval(),
+        inferer=parser.get_parsed_content("inferer"),
+        window=(float(window[0]), float(window[1])),
+        threshold=float(parser.get_parsed_content("threshold")),
+        min_voxels=int(parser.get_parsed_content("min_cluster_voxels")),
+        device=device,
+        amp=device.type == "cuda" and bool(parser.get("amp", True)),
+        source=source,
+        kind=kind,
+        name=str(meta.get("name", "")),
+        version=str(meta.get("version", "")),
+    )
+
+
+def predict_probability(model: StudentModel, volume_zyx: np.ndarray) -> np.ndarray:
+    """The PE probability of every voxel of a HU volume, as the bundle's inference computes it.
+
+    Args:
+        model: the loaded student.
+        volume_zyx: float HU, ``(Z, Y, X)`` (``custom.io.dicom.CTSeries.volume_zyx``).
+
+    Returns:
+        float32 probability of the PE channel (softmax channel 1), ``(Z, Y, X)``.
+
+    Raises:
+        InputError: the volume is not 3D or has non-finite values.
+    """
+    volume = np.asarray(volume_zyx, dtype=np.float32)
+    if volume.ndim != 3 or not np.isfinite(volume).all():
+        raise InputError(f"expected a finite 3D (Z, Y, X) HU volume, got shape {volume.shape}")
+    centre, width = model.window
+    scale = ScaleIntensityRange(a_min=centre - width / 2, a_max=centre + width / 2, b_min=0.0, b_max=1.0, clip=True)
+    image = scale(torch.from_numpy(np.ascontiguousarray(volume.transpose(2, 1, 0)))[None])  # (1, X, Y, Z) as LoadImage gives
+    batch = torch.as_tensor(image, dtype=torch.float32)[None].to(model.device)
+    with torch.no_grad(), torch.autocast(model.device.type, enabled=model.amp):
+        logits = model.inferer(batch, model.network)
+    probability = torch.softmax(torch.as_tensor(logits).float(), dim=1)[0, 1]
+    return np.ascontiguousarray(probability.cpu().numpy().transpose(2, 1, 0), dtype=np.float32)
