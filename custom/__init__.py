@@ -9,6 +9,8 @@ One concept per module, grouped by pipeline stage (see ``docs/conventions.md``):
 - ``custom.explain``: Integrated Gradients, hysteresis clustering, Algorithm 1.
 - ``custom.metrics``: per-PE cluster matching and FROC.
 - ``custom.report``: tables and figures of the pipeline report.
+- ``custom.packaging``: Model Zoo bundle zips with weights and sha256 ``large_files.yml``.
+- ``custom.deploy``: the deploy app's model loading, DICOM SEG and findings.
 """
 
 __version__ = "0.1.0"
