@@ -1,0 +1,200 @@
+"""In-memory side-by-side of slice-classifier recipes aimed at localisation (issue 10, item 6).
+
+``bench_classifier_recipes.py`` trains candidates through the bundle; this one keeps the windowed
+cohort in memory and trains plain PyTorch loops, so a candidate costs only its network's time and
+more candidates fit in an hour. It asks whether a recipe makes the classifier *look at the embolus*:
+for each candidate it prints validation slice AUC against training minutes, then on the held-out
+test studies the slice AUC and the pointing-game hit rate (top Integrated Gradients pixel, "fill"
+reference, 16 steps, on or within 3 px of an embolus), with the median distance of the top pixel.
+
+Candidates (``--kind``):
+
+- ``b0s2``: ``custom.networks.SliceClassifier`` (EfficientNetV2-B0 to stage 2, max-pooled features, linear head)
+- ``b0s2mil`` / ``b0s1mil`` / ``b0s3mil``: the same backbone with a per-position logit map (1x1 conv) and
+  the maximum over positions (multiple-instance head): the slice logit must come from one place
+- ``defect_b0s2mil``: a fixed stem adds each slice's grey-closing residual (closing(x) - x at 5 and 13 px,
+  bright where a dark hole sits inside a bright structure, as an embolus in a contrast-filled artery)
+- ``plainmil``: a small plain CNN with the multiple-instance head
+
+Sampling: half positive slices; negatives uniform or level-matched (``--level_mix``), and with
+``--pair p`` a share p of the negatives replaced by slices of the *same* study 4-10 slices from its
+nearest positive slice (same anatomy, no embolus in the 7-slice window).
+
+    python benchmarks/bench_classifier_mil.py --kind b0s2mil --iters 600 --pair 0.5 \
+        --cohort work/bench_recipes/cohort --tag b0s2mil_pair
+
+The cohort is the one ``bench_classifier_recipes.py`` writes (60 training, 8 validation, 24 test
+studies at the default difficulty); results are appended to ``--results`` as JSON lines.
+"""
+import json, sys, time, math
+from pathlib import Path
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from custom.io.nifti import read_volume
+from custom.data import window_hu, balanced_slice_weights
+from custom.explain.aggregation import window_slice_indices
+from custom.explain import IntegratedGradientsExplainer
+from custom.explain.pointing_game import pointing_game
+from custom.handlers import roc_auc
+from custom.networks import SliceClassifier
+import timm
+
+torch.set_num_threads(2)
+
+def load(cohort, split, window, with_mask=False):
+    dl = json.loads((Path(cohort) / "datalist.json").read_text())[split]
+    out = []
+    for e in dl:
+        v = torch.as_tensor(window_hu(read_volume(Path(cohort) / e["image"])[0], *window), dtype=torch.float32)
+        m = read_volume(Path(cohort) / e["mask"])[0] > 0 if with_mask else None
+        out.append((v, np.asarray(e["slice_labels"]), m))
+    return out
+
+class MilNet(nn.Module):
+    """timm backbone to stage k, 1x1 conv to a logit map, max over positions."""
+    def __init__(self, name="tf_efficientnetv2_b0", stage=2, in_chans=7, hidden=0):
+        super().__init__()
+        self.backbone = timm.create_model(name, in_chans=in_chans, num_classes=0)
+        self.backbone.prune_intermediate_layers(indices=(stage,), prune_head=True)
+        self.stage = stage
+        w = self.backbone.feature_info[stage]["num_chs"]
+        layers = []
+        if hidden:
+            layers += [nn.Conv2d(w, hidden, 1), nn.SiLU()]; w = hidden
+        self.head = nn.Sequential(*layers, nn.Conv2d(w, 1, 1))
+        nn.init.zeros_(self.head[-1].weight); nn.init.zeros_(self.head[-1].bias)
+    def logit_map(self, x):
+        f = self.backbone.forward_intermediates(x, indices=(self.stage,), intermediates_only=True)[-1]
+        return self.head(f)
+    def forward(self, x):
+        return torch.amax(self.logit_map(x), dim=(-2, -1))
+
+class PlainMil(nn.Module):
+    def __init__(self, in_chans=7, widths=(24, 48, 64), lse=0):
+        super().__init__()
+        layers, c = [], in_chans
+        for i, w in enumerate(widths):
+            if i: layers.append(nn.MaxPool2d(2))
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(c, 1, 1); nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)
+    def forward(self, x):
+        return torch.amax(self.head(self.features(x)), dim=(-2, -1))
+
+class DefectStem(nn.Module):
+    """input slices plus their grey closing residual (closing(x) - x) at a few scales: dark holes in bright structures"""
+    def __init__(self, sizes=(5, 13)):
+        super().__init__(); self.sizes = sizes
+    def forward(self, x):
+        outs = [x]
+        for k in self.sizes:
+            dil = F.max_pool2d(F.max_pool2d(x, (1, k), 1, (0, k // 2)), (k, 1), 1, (k // 2, 0))
+            closed = -F.max_pool2d(F.max_pool2d(-dil, (1, k), 1, (0, k // 2)), (k, 1), 1, (k // 2, 0))
+            outs.append(closed - x)
+        return torch.cat(outs, 1)
+
+class StemNet(nn.Module):
+    def __init__(self, body, stem):
+        super().__init__(); self.stem = stem; self.body = body
+    def logit_map(self, x): return self.body.logit_map(self.stem(x))
+    def forward(self, x): return self.body(self.stem(x))
+
+def make_net(kind):
+    if kind == "defect_b0s2mil": return StemNet(MilNet(stage=2, in_chans=21), DefectStem())
+    if kind == "defect_b0s1mil": return StemNet(MilNet(stage=1, in_chans=21), DefectStem())
+    if kind == "b0s2": return SliceClassifier("tf_efficientnetv2_b0", feature_stage=2)
+    if kind == "b0s1": return SliceClassifier("tf_efficientnetv2_b0", feature_stage=1)
+    if kind == "b0s2mil": return MilNet(stage=2)
+    if kind == "b0s1mil": return MilNet(stage=1)
+    if kind == "b0s3mil": return MilNet(stage=3)
+    if kind == "b0s2milh": return MilNet(stage=2, hidden=64)
+    if kind == "plainmil": return PlainMil()
+    raise KeyError(kind)
+
+def near_negatives(lab, lo=4, hi=10):
+    """negative slices of the study lying lo..hi slices from the nearest positive slice"""
+    pos = np.flatnonzero(lab)
+    if not pos.size: return np.array([], dtype=int)
+    d = np.abs(np.arange(len(lab))[:, None] - pos[None]).min(1)
+    return np.flatnonzero((lab == 0) & (d >= lo) & (d <= hi))
+
+def batches(train, bs, rng, level_mix, crop, cutout, pair=0.0):
+    near = [near_negatives(t[1]) for t in train]
+    near_all = np.concatenate([np.stack([np.full(len(n), s), n], 1) for s, n in enumerate(near) if len(n)])
+    labels = np.concatenate([t[1] for t in train])
+    idx = np.concatenate([np.stack([np.full(len(t[1]), s), np.arange(len(t[1]))], 1) for s, t in enumerate(train)])
+    levels = idx[:, 1] / np.array([len(train[s][1]) - 1 for s in idx[:, 0]])
+    w = balanced_slice_weights(labels, levels if level_mix > 0 else None, level_mix=level_mix if level_mix > 0 else 0.5)
+    srcs = [window_slice_indices(len(t[1])) for t in train]
+    while True:
+        pick = rng.choice(len(w), size=bs, p=w)
+        items = [tuple(idx[p]) for p in pick]
+        if pair > 0:
+            for i, p in enumerate(pick):
+                if labels[p] == 0 and rng.random() < pair:
+                    items[i] = tuple(near_all[rng.integers(len(near_all))])
+        xs = []
+        for s, k in items:
+            x = train[s][0][srcs[s][k]]
+            if rng.random() < 0.5: x = x.flip(-1)
+            if crop:
+                H = x.shape[-1]; y0, x0 = rng.integers(0, H - crop + 1, 2); x = x[:, y0:y0+crop, x0:x0+crop]
+            if cutout and rng.random() < cutout["prob"]:
+                x = x.clone()
+                for _ in range(rng.integers(1, cutout["max_holes"] + 1)):
+                    h, ww = rng.integers(cutout["min"], cutout["max"] + 1, 2)
+                    y0 = rng.integers(0, x.shape[-2] - h + 1); x0 = rng.integers(0, x.shape[-1] - ww + 1)
+                    x[:, y0:y0+h, x0:x0+ww] = 0.0
+            xs.append(x)
+        yield torch.stack(xs).contiguous(memory_format=torch.channels_last), torch.as_tensor([train[s][1][k] for s, k in items], dtype=torch.float32)[:, None]
+
+@torch.no_grad()
+def scores(net, studies):
+    net.eval(); s, l = [], []
+    for v, lab, _ in studies:
+        mini = v[window_slice_indices(v.shape[0])]
+        s.append(torch.cat([net(mini[i:i+48].contiguous(memory_format=torch.channels_last)) for i in range(0, len(mini), 48)]).flatten())
+        l.append(lab)
+    net.train()
+    s = torch.cat(s).numpy(); l = np.concatenate(l)
+    return roc_auc(s, l), s, l
+
+def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, window=(100, 700), eval_every=100, seed=0, n_train=60, point_slices=6, tag="", pair=0.0,
+        cohort="work/bench_recipes/cohort", results="work/bench_mil/results.jsonl", save_weights=False):
+    """Train one candidate for ``iters`` iterations and print its curve, test slice AUC and pointing game."""
+    torch.manual_seed(seed); rng = np.random.default_rng(seed)
+    train = load(cohort, "training", window)[:n_train]; val = load(cohort, "validation", window); test = load(cohort, "test", window, True)
+    net = make_net(kind).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    warm = max(1, iters // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(i, iters) / iters)) if i >= warm else (i + 1) / warm))
+    gen = batches(train, bs, rng, level_mix, crop, cutout, pair)
+    t0 = time.perf_counter(); curve = []; losses = []; teval = 0.0
+    for it in range(1, iters + 1):
+        x, y = next(gen)
+        loss = F.binary_cross_entropy_with_logits(net(x), y)
+        opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
+        if it % eval_every == 0 or it == iters:
+            te = time.perf_counter(); auc = scores(net, val)[0]; teval += time.perf_counter() - te
+            m = (time.perf_counter() - t0 - teval) / 60
+            curve.append((it, round(m, 2), round(auc, 3), round(float(np.mean(losses[-eval_every:])), 3)))
+            print(f"  [{tag or kind}] it {it} {m:.1f} train-min loss {curve[-1][3]} val AUC {auc:.3f}", flush=True)
+    train_min = (time.perf_counter() - t0 - teval) / 60
+    test_auc, s, l = scores(net, test)
+    net.eval()
+    ex = IntegratedGradientsExplainer(net, n_steps=16, references=("fill",), max_batch=128)
+    game = pointing_game(ex, [(v.numpy(), m) for v, _, m in test], max_slices_per_study=point_slices)
+    res = dict(kind=kind, tag=tag, iters=iters, bs=bs, lr=lr, level_mix=level_mix, crop=crop, cutout=bool(cutout), window=window, pair=pair,
+               train_min=round(train_min, 2), curve=curve, test_auc=round(test_auc, 3), pointing=round(game.hit_rate, 3), n_point=game.total,
+               med_dist=float(np.median(game.distances_px)))
+    print(f"RESULT {json.dumps(res)}", flush=True)
+    Path(results).parent.mkdir(parents=True, exist_ok=True)
+    with open(results, "a") as f: f.write(json.dumps(res) + "\n")
+    if save_weights: torch.save(net.state_dict(), Path(results).parent / f"{tag or kind}.pt")
+    return None
+
+if __name__ == "__main__":
+    import fire; fire.Fire(run)
