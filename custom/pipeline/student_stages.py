@@ -63,12 +63,14 @@ def student_stages(run: PipelineRun) -> list[Stage]:
         if name == "finetuned":
             train["pretrained_checkpoint"] = str(root / "models" / "model.pt")
         multi = ["multi_gpu_train.json"] if run.nproc > 1 else []
+        infer_multi = ["multi_gpu_inference.json"] if run.nproc > 1 else []
         # inference builds the same network: the profile's non-training overrides (e.g. demo.json) and its sizes
         infer_configs = ["inference.json"] + [c for c in settings["configs"] if c not in TRAINING_CONFIGS]
         infer_sizes = {k: v for k, v in settings["overrides"].items() if k in ("patch_size", "network_filters")}
         stages += [
             Stage(f"{name}_train", [ckpt_dir / "model.pt"], bundle_command("dynunet_student", list(settings["configs"]) + multi, "training", run.nproc, **train)),
-            Stage(f"{name}_infer", [output_dir], bundle_command("dynunet_student", infer_configs, None, 1, **common, **infer_sizes, datalist_key="test",
+            # studies sharded over ranks of one thread each: on 2 shared cores this beat one 2-thread process
+            Stage(f"{name}_infer", [output_dir], bundle_command("dynunet_student", infer_configs + infer_multi, None, run.nproc, **common, **infer_sizes, datalist_key="test",
                                                                 ckpt_dir=str(ckpt_dir), output_dir=str(output_dir))),
             Stage(f"{name}_score", [metrics],
                   python_command(REPO / "scripts" / "score.py", "--pred_dir", output_dir, "--reference_dir", run.prepared / "labels", "--out", metrics),
