@@ -66,7 +66,7 @@ def student_stages(run: PipelineRun) -> list[Stage]:
         infer_multi = ["multi_gpu_inference.json"] if run.nproc > 1 else []
         # inference builds the same network: the profile's non-training overrides (e.g. demo.json) and its sizes
         infer_configs = ["inference.json"] + [c for c in settings["configs"] if c not in TRAINING_CONFIGS]
-        infer_sizes = {k: v for k, v in settings["overrides"].items() if k in ("patch_size", "network_filters")}
+        infer_sizes = {k: v for k, v in settings["overrides"].items() if k in ("patch_size", "network_filters", "sw_overlap")}
         stages += [
             Stage(f"{name}_train", [ckpt_dir / "model.pt"], bundle_command("dynunet_student", list(settings["configs"]) + multi, "training", run.nproc, **train)),
             # studies sharded over ranks of one thread each: on 2 shared cores this beat one 2-thread process
