@@ -17,6 +17,7 @@ from typing import Any
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from custom.distributed import all_gather_list
 from custom.io.atomic import write_json_atomic
 from custom.metrics.cluster_matching import DETAIL_COLUMNS, ClusterCounts
 
@@ -110,11 +111,7 @@ class EvaluationReportWriter:
         write_json_atomic(self.output_path, report)
 
     def _gathered_uids(self) -> list[str]:
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return list(self._uids)
-        gathered: list[list[str] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, self._uids)
-        return [uid for rank_uids in gathered for uid in (rank_uids or [])]
+        return all_gather_list(self._uids)
 
 
 def _number(value: Any) -> Any:

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from ignite.metrics import Metric
 
+from custom.distributed import all_gather_list
 from custom.io.atomic import write_json_atomic
 from custom.metrics.froc import FP_RATES, DetectionScores, average_sensitivity, froc_from_scores, score_detections, sensitivity_at
 
@@ -94,11 +95,7 @@ class FROCMetricHandler(Metric):
         return score
 
     def _gathered_scores(self) -> list[DetectionScores]:
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return list(self._scores)
-        gathered: list[list[DetectionScores] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, self._scores)
-        return [s for rank_scores in gathered for s in (rank_scores or [])]
+        return all_gather_list(self._scores)
 
 
 def _studies(batch: Any, name: str) -> list[np.ndarray]:
