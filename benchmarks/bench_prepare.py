@@ -5,9 +5,13 @@ each slice shifted so no two are equal), once uncompressed and once re-encoded a
 lossless with the installed pylibjpeg-openjpeg encoder, then measures slices per second of:
 
 - ``plain``: ``numpy.stack([pydicom.dcmread(f).pixel_array for f in files])`` per study;
-- ``reader``: :func:`custom.io.dicom.read_ct_series` (grouping, sorting, checks, HU float32);
-- ``prepare``: :func:`custom.io.prepare.prepare_cohort` (reader + int16 NIfTI ``.nii.gz`` writes +
-  records + datalist), with 1 and 2 worker processes; and the plain loop over 2 processes.
+- ``plain + nib.save``: the plain loop plus ``nibabel.save`` of each stacked study as ``.nii.gz``
+  (nibabel's own zlib writer at its default level 1): the plain *conversion*, the baseline of
+  ``prepare``;
+- ``reader``: :func:`custom.io.dicom.read_ct_series` (grouping, sorting, checks, HU float32), and
+  with ``dtype=int16`` (what ``prepare`` reads: HU rounded and range-checked while decoding);
+- ``prepare``: :func:`custom.io.prepare.prepare_cohort` (int16 reader + ``.nii.gz`` writes through
+  ISA-L + records + datalist), with 1 and 2 worker processes; and the plain loop over 2 processes.
 
 Each number is the best of ``repeats`` interleaved runs, as wall time and as CPU time of this
 process (the 1-process ratios use CPU time, which other load on a shared machine disturbs less).
@@ -31,6 +35,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import fire
+import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
@@ -83,6 +88,21 @@ def plain_study(series_dir: Path) -> np.ndarray:
     return np.stack([pydicom.dcmread(f).pixel_array for f in sorted(series_dir.iterdir())])
 
 
+def plain_convert(series_dir: Path, out: Path) -> None:
+    """The baseline conversion: the plain loop, then nibabel's own ``.nii.gz`` writer (zlib, level 1)."""
+    stored = plain_study(series_dir)
+    nib.save(nib.Nifti1Image(stored.transpose(2, 1, 0), np.eye(4)), str(out / f"{series_dir.name}.nii.gz"))
+
+
+def _plain_convert(root: Path) -> None:
+    out = Path(tempfile.mkdtemp(prefix="bench_prepare_plain_"))
+    try:
+        for d in _series_dirs(root):
+            plain_convert(d, out)
+    finally:
+        shutil.rmtree(out)
+
+
 def _series_dirs(root: Path) -> list[Path]:
     return sorted(p for p in (root / "train").glob("*/*") if p.is_dir())
 
@@ -109,9 +129,9 @@ def _pool_startup(workers: int) -> None:
         list(pool.map(_import_probe, range(workers)))
 
 
-def _reader(root: Path) -> None:
+def _reader(root: Path, dtype: type = np.float32) -> None:
     for d in sorted((root / "train").iterdir()):
-        read_ct_series(d)
+        read_ct_series(d, dtype=dtype)
 
 
 def _prepare(root: Path, workers: int) -> None:
@@ -196,7 +216,9 @@ def main(studies: int = 4, slices: int = 48, repeats: int = 3, codecs: bool = Tr
             one = _measure(
                 {
                     "plain": lambda: _plain(root, 1),
+                    "plain_convert": lambda: _plain_convert(root),
                     "reader": lambda: _reader(root),
+                    "reader16": lambda: _reader(root, np.int16),
                     "prepare": lambda: _prepare(root, 1),
                 },
                 repeats,
@@ -212,7 +234,9 @@ def main(studies: int = 4, slices: int = 48, repeats: int = 3, codecs: bool = Tr
             startup = two["startup"][0]
             rows = [
                 ("plain loop (dcmread + stack), 1 process", *one["plain"]),
+                ("plain loop + nib.save .nii.gz, 1 process", *one["plain_convert"]),
                 ("reader (read_ct_series), 1 process", *one["reader"]),
+                ("reader, dtype int16, 1 process", *one["reader16"]),
                 ("prepare (reader + .nii.gz), 1 process", *one["prepare"]),
                 ("plain loop, 2 processes", two["plain"][0], None),
                 ("prepare, 2 processes", two["prepare"][0], None),
@@ -220,10 +244,10 @@ def main(studies: int = 4, slices: int = 48, repeats: int = 3, codecs: bool = Tr
             ]
             for name, wall, cpu in rows:
                 if wall <= 0:
-                    print(f"  {name:<42s} n/a (the start-up is longer than the run)")
+                    print(f"  {name:<44s} n/a (the start-up is longer than the run)")
                     continue
                 cpu_text = "" if cpu is None else f"   CPU {n / cpu:8.1f} slices/s"
-                print(f"  {name:<42s} wall {n / wall:8.1f} slices/s ({wall:6.2f} s){cpu_text}")
+                print(f"  {name:<44s} wall {n / wall:8.1f} slices/s ({wall:6.2f} s){cpu_text}")
             print(
                 f"  (start-up of a 2-process spawn pool importing the reader: {startup:.2f} s, included in the "
                 "2-process rows)"
@@ -231,8 +255,13 @@ def main(studies: int = 4, slices: int = 48, repeats: int = 3, codecs: bool = Tr
             ratios += [
                 f"{label}: reader / plain loop, 1 process: CPU time ratio {one['reader'][1] / one['plain'][1]:.2f}, "
                 f"wall {one['reader'][0] / one['plain'][0]:.2f}",
+                f"{label}: reader int16 / plain loop, 1 process: CPU time ratio "
+                f"{one['reader16'][1] / one['plain'][1]:.2f}, wall {one['reader16'][0] / one['plain'][0]:.2f}",
                 f"{label}: prepare / plain loop, 1 process: CPU time ratio "
                 f"{one['prepare'][1] / one['plain'][1]:.2f}, wall {one['prepare'][0] / one['plain'][0]:.2f}",
+                f"{label}: prepare / (plain loop + nib.save), 1 process: CPU time ratio "
+                f"{one['prepare'][1] / one['plain_convert'][1]:.2f}, "
+                f"wall {one['prepare'][0] / one['plain_convert'][0]:.2f}",
                 f"{label}: 2 vs 1 processes, wall speed-up: prepare {one['prepare'][0] / two['prepare'][0]:.2f} "
                 f"({_speedup(one['prepare'][0], two['prepare'][0] - startup)} without the {startup:.1f} s pool "
                 "start-up), "

@@ -426,3 +426,50 @@ def test_real_deflated_file_decodes():
     assert ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
     stored = decode_pixels(ds, path)
     assert stored.shape == (ds.Rows, ds.Columns) and stored.size == len(ds.PixelData) * 8 // ds.BitsAllocated
+
+
+def test_int16_reading_equals_the_float_reading(tmp_path):
+    hu = hu_volume(5, seed=11)
+    write_ct_series(tmp_path / "s", hu)
+    as_float, as_int = read_ct_series(tmp_path / "s"), read_ct_series(tmp_path / "s", dtype=np.int16)
+    assert as_int.volume_zyx.dtype == np.int16
+    np.testing.assert_array_equal(as_int.volume_zyx, as_float.volume_zyx)
+    np.testing.assert_array_equal(as_int.affine, as_float.affine)
+    assert as_int.notes == ()
+
+
+def test_int16_reading_rounds_a_non_integral_rescale_with_a_note(tmp_path):
+    hu = hu_volume(3, seed=12)
+    hu[:, ::2, :] += 0.5  # half-HU steps: stored = 2 * (HU + 1024)
+    write_ct_series(tmp_path / "s", hu, slope=0.5, intercept=-1024.0)
+    series = read_ct_series(tmp_path / "s", dtype=np.int16)
+    np.testing.assert_array_equal(series.volume_zyx, np.rint(hu))
+    halves = int(np.count_nonzero(np.rint(hu) != hu))
+    assert halves > 0
+    assert any(f"{halves} non-integral HU values" in note for note in series.notes)
+
+
+def test_int16_reading_rejects_hu_outside_int16_and_names_the_file(tmp_path):
+    hu = np.rint((hu_volume(3, seed=13) + 1024.0) / 2) * 2 - 1024.0  # even steps: stored = (HU + 1024) / 2
+    hu[1, 2, 3] = 30000.0 * 2 - 1024.0  # stored 30000 with slope 2: 58976 HU
+    info = write_ct_series(tmp_path / "s", hu, slope=2.0, intercept=-1024.0)
+    assert read_ct_series(tmp_path / "s").volume_zyx.max() == pytest.approx(58976.0)  # float32 holds it
+    with pytest.raises(InputError, match="does not fit int16") as err:
+        read_ct_series(tmp_path / "s", dtype=np.int16)
+    assert str(info["files"][1]) in str(err.value)
+
+
+def test_int16_reading_ignores_padding_outside_the_int16_range(tmp_path):
+    hu = hu_volume(3, seed=14)
+    hu[:, :3, :] = -32768.0 - 1024.0  # stored -32768 (the int16 minimum) as padding, intercept -1024
+    write_ct_series(tmp_path / "s", hu, padding_value=-32768)
+    as_int = read_ct_series(tmp_path / "s", dtype=np.int16)
+    assert np.all(as_int.volume_zyx[:, :3, :] == -1024)
+    np.testing.assert_array_equal(as_int.volume_zyx[:, 3:, :], hu[:, 3:, :])
+    np.testing.assert_array_equal(as_int.volume_zyx, read_ct_series(tmp_path / "s").volume_zyx)
+
+
+def test_reader_dtype_must_be_float32_or_int16(tmp_path):
+    write_ct_series(tmp_path / "s", hu_volume(2))
+    with pytest.raises(ValueError, match="float32 or int16"):
+        read_ct_series(tmp_path / "s", dtype=np.float64)

