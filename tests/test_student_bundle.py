@@ -222,7 +222,7 @@ def test_paper_settings() -> None:
     assert train["loss"]["_target_"] == "GeneralizedDiceLoss" and train["optimizer"]["_target_"] == "torch.optim.AdamW"
     crop = train["train#random_transforms#0"]
     assert crop["_target_"] == "RandCropByPosNegLabeld" and crop["pos"] == crop["neg"] == 1
-    for parser, inferer_id in ((train, "validate#inferer"), (_parsed("inference.json"), "inferer")):
+    for parser, inferer_id in ((train, "validate#inferer#inferer"), (_parsed("inference.json"), "inferer#inferer")):
         inferer = parser[inferer_id]
         step = [int(r * (1 - parser.get_parsed_content(f"{inferer_id}#overlap"))) for r in parser["patch_size"]]
         assert step == [64, 64, 32] and inferer["mode"] == "gaussian" and inferer["sigma_scale"] == 0.25

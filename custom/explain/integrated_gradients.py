@@ -44,6 +44,8 @@ from monai.networks.layers.convutils import gaussian_1d
 from monai.networks.layers.simplelayers import separable_filtering
 from torch import nn
 
+from custom.precision import as_autocast_dtype
+
 __all__ = [
     "FIVE_REFERENCES",
     "REFERENCE_KINDS",
@@ -286,7 +288,7 @@ class IntegratedGradientsExplainer:
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.blur_sigma_px = float(blur_sigma_px)
         self.max_batch = max_batch
-        self.autocast_dtype = getattr(torch, autocast_dtype) if isinstance(autocast_dtype, str) else autocast_dtype
+        self.autocast_dtype = as_autocast_dtype(autocast_dtype)
         self.channels_last = channels_last
         self.target = target
         self.seed = seed

@@ -28,6 +28,7 @@ from custom.explain.filtering import filter_clusters
 from custom.explain.iexplain import STOP_NEGATIVE, iexplain_minivolumes, predict_probabilities
 from custom.explain.integrated_gradients import IntegratedGradientsExplainer
 from custom.io.errors import InputError
+from custom.precision import resolve_autocast_dtype
 
 __all__ = ["IExplainTeacher", "StudyExplanation", "explain_study"]
 
@@ -127,8 +128,10 @@ class IExplainTeacher:
         windows_per_batch: positive windows run through Algorithm 1 together; memory grows with it
             (inputs, references and noise copies of each window) while items per pass are already
             ``n_steps`` x references x noise per window, so a few windows fill ``max_batch``.
-        autocast_dtype: ``None`` (float32) or ``torch.bfloat16`` for all passes; see
-            ``IntegratedGradientsExplainer`` for the measured trade-off.
+        autocast_dtype: ``None`` (float32), ``torch.bfloat16``, or ``"auto"``: measured once on the
+            first study's grid (:meth:`resolve_precision`, ``custom.precision``), bfloat16 only
+            where it is clearly faster on this device; see ``IntegratedGradientsExplainer`` for the
+            accuracy trade-off.
         channels_last: channels-last memory format (default on, measured faster and numerically the
             same; converts the classifier in place).
         seed: seed of the IG noise.
@@ -171,10 +174,12 @@ class IExplainTeacher:
         if not 0.0 < mask_threshold <= 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1], got {mask_threshold}")
         self.classifier = classifier.eval()
+        self._autocast_pending = isinstance(autocast_dtype, str) and autocast_dtype.strip().lower() == "auto"
         self.explainer = IntegratedGradientsExplainer(
             classifier, n_steps=n_steps, method=method, references=references, n_noise=n_noise,
             noise_level=noise_level, fill_value=fill_value, value_range=value_range, blur_sigma_px=blur_sigma_px,
-            max_batch=max_batch, autocast_dtype=autocast_dtype, channels_last=channels_last, seed=seed,
+            max_batch=max_batch, autocast_dtype=None if self._autocast_pending else autocast_dtype,
+            channels_last=channels_last, seed=seed,
         )
         self.high_threshold = float(high_threshold)
         self.low_threshold = None if low_threshold is None else float(low_threshold)
@@ -204,6 +209,25 @@ class IExplainTeacher:
             "fill_value": self.fill_value,
         }
 
+    def resolve_precision(self, height: int, width: int) -> torch.dtype | None:
+        """The autocast dtype of every pass; ``"auto"`` is measured here once, on IG batches of this grid.
+
+        Args:
+            height, width: the slice size of the studies to explain.
+
+        Returns:
+            ``None`` (float32) or the autocast dtype, also set on the explainer.
+        """
+        if self._autocast_pending:
+            shape = (self.max_batch, WINDOW_DEPTH, int(height), int(width))
+            # ranks explain their own studies, so they probe at different times: no broadcast
+            self.autocast_dtype = resolve_autocast_dtype(
+                "auto", self.classifier, shape, self.device, backward=True, agree_across_ranks=False
+            )
+            self.explainer.autocast_dtype = self.autocast_dtype
+            self._autocast_pending = False
+        return self.autocast_dtype
+
     def __call__(self, volume_windowed: np.ndarray | torch.Tensor, study_id: str = "study") -> StudyExplanation:
         """Explain one study.
 
@@ -220,6 +244,7 @@ class IExplainTeacher:
         volume = volume.to(device=self.device, dtype=torch.float32)
         if not bool(torch.isfinite(volume).all()):
             raise InputError(f"{study_id}: the windowed volume contains NaN or infinite values")
+        self.resolve_precision(*volume.shape[1:])
         n_slices = volume.shape[0]
         sources = window_slice_indices(n_slices, WINDOW_DEPTH, self.device)
         probabilities = torch.cat(

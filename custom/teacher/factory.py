@@ -74,6 +74,7 @@ class TeacherFactory:
         self.paper_size_px = int(paper_size_px)
         self.scale_to_grid = bool(scale_to_grid)
         self.teacher_settings = dict(teacher_settings)
+        self._autocast_by_grid: dict[tuple[int, int], Any] = {}  # "auto" measured once per grid
 
     @property
     def ig_settings(self) -> dict[str, Any]:
@@ -109,7 +110,11 @@ class TeacherFactory:
         if threshold is None:
             raise ValueError("no high threshold: calibrate it (configs/calibrate.json) or set high_threshold")
         grid = self.grid_settings(height, width)
-        return IExplainTeacher(
+        settings = dict(self.teacher_settings)
+        grid_key = (int(height), int(width))
+        if grid_key in self._autocast_by_grid:
+            settings["autocast_dtype"] = self._autocast_by_grid[grid_key]
+        teacher = IExplainTeacher(
             self.classifier,
             threshold,
             neighbourhood=grid.neighbourhood,
@@ -117,5 +122,8 @@ class TeacherFactory:
             min_cluster_voxels=grid.min_cluster_voxels,
             max_center_distance_px=grid.max_center_distance_px,
             blur_sigma_px=grid.blur_sigma_px,
-            **self.teacher_settings,
+            **settings,
         )
+        # autocast_dtype "auto" is measured on the first teacher of each grid and reused after
+        self._autocast_by_grid[grid_key] = teacher.resolve_precision(height, width)
+        return teacher

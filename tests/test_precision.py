@@ -1,0 +1,125 @@
+"""custom.precision: the autocast dtype is chosen by timing, and AutocastInferer keeps float32 around the network."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+from custom.precision import AutocastInferer, as_autocast_dtype, fastest_autocast_dtype, resolve_autocast_dtype
+
+
+def _sleeper(fp32_s: float, bf16_s: float):
+    """A step whose duration depends only on whether CPU autocast is on: the decision logic, not this CPU."""
+
+    def step():
+        time.sleep(bf16_s if torch.is_autocast_enabled("cpu") else fp32_s)
+
+    return step
+
+
+@pytest.mark.parametrize(
+    "fp32_s, bf16_s, expected",
+    [(0.03, 0.01, torch.bfloat16), (0.01, 0.03, None), (0.0200, 0.0195, None)],  # 3x faster, 3x slower, in the noise
+)
+def test_fastest_dtype_follows_the_clock_and_needs_a_clear_margin(fp32_s, bf16_s, expected):
+    chosen, seconds = fastest_autocast_dtype(_sleeper(fp32_s, bf16_s), "cpu", repeats=2, min_speedup=1.1)
+    assert chosen == expected
+    assert set(seconds) == {"float32", "bfloat16"}
+    assert seconds["float32"] == pytest.approx(fp32_s, abs=0.01) and seconds["bfloat16"] == pytest.approx(bf16_s, abs=0.01)
+
+
+def test_explicit_settings_skip_the_probe():
+    net = torch.nn.Conv2d(1, 1, 3)
+    for setting, expected in [(None, None), ("float32", None), ("bfloat16", torch.bfloat16), (torch.float16, torch.float16)]:
+        assert resolve_autocast_dtype(setting, net, [1, 1, 8, 8], "cpu") == expected
+    with pytest.raises(ValueError, match="autocast_dtype must be"):
+        as_autocast_dtype("int8")
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        as_autocast_dtype(torch.float64)
+
+
+def test_auto_probe_leaves_the_network_untouched():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4), torch.nn.Conv3d(4, 2, 1))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.eval()
+    chosen = resolve_autocast_dtype("auto", net, [2, 1, 8, 8, 4], "cpu", backward=True, repeats=1)
+    assert chosen in (None, torch.bfloat16)
+    assert not net.training and all(p.grad is None for p in net.parameters())
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+class _DtypeRecorder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+        self.seen = []
+
+    def forward(self, x):
+        out = self.conv(x)
+        self.seen.append(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("inner", [SimpleInferer(), SlidingWindowInferer(roi_size=(8, 8, 4), sw_batch_size=2, overlap=0.5, mode="gaussian")])
+def test_autocast_inferer_runs_the_network_in_bf16_and_returns_float32(inner):
+    torch.manual_seed(1)
+    net = _DtypeRecorder()
+    x = torch.randn(1, 1, 12, 12, 6)
+    reference = inner(x, net)
+    net.seen.clear()
+    out = AutocastInferer(inner, "bfloat16")(x, net)
+    assert set(net.seen) == {torch.bfloat16}
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    torch.testing.assert_close(out, reference, atol=0.05, rtol=0.05)
+    assert not torch.equal(out, reference)  # the network really ran in reduced precision
+
+
+def test_autocast_inferer_float32_is_the_wrapped_inferer_exactly():
+    torch.manual_seed(2)
+    net = _DtypeRecorder()
+    x = torch.randn(2, 1, 8, 8, 4)
+    assert torch.equal(AutocastInferer(SimpleInferer(), None)(x, net), SimpleInferer()(x, net))
+    assert set(net.seen) == {torch.float32}
+
+
+def test_training_through_the_autocast_inferer_keeps_float32_weights_and_grads():
+    torch.manual_seed(3)
+    net = _DtypeRecorder()
+    out = AutocastInferer(SimpleInferer(), torch.bfloat16)(torch.randn(2, 1, 8, 8, 4), net)
+    out.mean().backward()
+    assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+
+
+def test_auto_probe_works_on_a_frozen_network_in_eval_mode():
+    """The teacher's classifier: frozen weights, gradients to the input only (Integrated Gradients)."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(7, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(1))
+    net(torch.zeros(1, 7, 8, 8))
+    net.eval().requires_grad_(False)
+    running_mean = net[1].running_mean.clone()
+    assert resolve_autocast_dtype("auto", net, [4, 7, 8, 8], "cpu", backward=True, repeats=1) in (None, torch.bfloat16)
+    assert torch.equal(net[1].running_mean, running_mean) and not net.training
+
+
+def test_teacher_factory_measures_auto_once_per_grid(monkeypatch):
+    import custom.explain.teacher as teacher_module
+    from custom.teacher import TeacherFactory
+
+    calls = []
+
+    def fake_resolve(setting, network, input_shape, device, backward=False, agree_across_ranks=True, **kwargs):
+        calls.append((setting, tuple(input_shape), backward, agree_across_ranks))
+        return torch.bfloat16
+
+    monkeypatch.setattr(teacher_module, "resolve_autocast_dtype", fake_resolve)
+    classifier = torch.nn.Sequential(torch.nn.Conv2d(7, 1, 3), torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten())
+    factory = TeacherFactory(classifier, 1.0, scale_to_grid=False, autocast_dtype="auto", max_batch=12)
+    teachers = [factory(32, 32), factory(32, 32), factory(40, 48)]
+    assert calls == [("auto", (12, 7, 32, 32), True, False), ("auto", (12, 7, 40, 48), True, False)]
+    assert all(t.autocast_dtype == torch.bfloat16 and t.explainer.autocast_dtype == torch.bfloat16 for t in teachers)
+    fixed = TeacherFactory(classifier, 1.0, scale_to_grid=False, autocast_dtype=None)(32, 32)
+    assert fixed.autocast_dtype is None and len(calls) == 2
