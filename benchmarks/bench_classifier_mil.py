@@ -42,8 +42,8 @@ import timm
 
 torch.set_num_threads(2)
 
-def load(cohort, split, window, with_mask=False):
-    dl = json.loads((Path(cohort) / "datalist.json").read_text())[split]
+def load(cohort, split, window, with_mask=False, datalist="datalist.json"):
+    dl = json.loads((Path(cohort) / datalist).read_text())[split]
     out = []
     for e in dl:
         v = torch.as_tensor(window_hu(read_volume(Path(cohort) / e["image"])[0], *window), dtype=torch.float32)
@@ -163,10 +163,11 @@ def scores(net, studies):
     return roc_auc(s, l), s, l
 
 def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, window=(100, 700), eval_every=100, seed=0, n_train=60, point_slices=6, tag="", pair=0.0,
-        cohort="work/bench_recipes/cohort", results="work/bench_mil/results.jsonl", save_weights=False):
+        cohort="work/bench_recipes/cohort", results="work/bench_mil/results.jsonl", save_weights=False, datalist="datalist.json"):
     """Train one candidate for ``iters`` iterations and print its curve, test slice AUC and pointing game."""
     torch.manual_seed(seed); rng = np.random.default_rng(seed)
-    train = load(cohort, "training", window)[:n_train]; val = load(cohort, "validation", window); test = load(cohort, "test", window, True)
+    train = load(cohort, "training", window, datalist=datalist)[:n_train]
+    val = load(cohort, "validation", window, datalist=datalist); test = load(cohort, "test", window, True, datalist=datalist)
     net = make_net(kind).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, iters // 10)
@@ -187,7 +188,7 @@ def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, win
     net.eval()
     ex = IntegratedGradientsExplainer(net, n_steps=16, references=("fill",), max_batch=128)
     game = pointing_game(ex, [(v.numpy(), m) for v, _, m in test], max_slices_per_study=point_slices)
-    res = dict(kind=kind, tag=tag, iters=iters, bs=bs, lr=lr, level_mix=level_mix, crop=crop, cutout=bool(cutout), window=window, pair=pair,
+    res = dict(kind=kind, tag=tag, n_train=len(train), iters=iters, bs=bs, lr=lr, level_mix=level_mix, crop=crop, cutout=bool(cutout), window=window, pair=pair,
                train_min=round(train_min, 2), curve=curve, test_auc=round(test_auc, 3), pointing=round(game.hit_rate, 3), n_point=game.total,
                med_dist=float(np.median(game.distances_px)))
     print(f"RESULT {json.dumps(res)}", flush=True)

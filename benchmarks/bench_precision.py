@@ -8,7 +8,9 @@ against float32 timed in the same process, candidates interleaved, best of ``rep
 - student training step (DynUNet demo network, forward + backward + AdamW, batch 4 x 64x64x32);
 - student inference (forward of a sliding-window batch of 8 patches);
 - teacher IG batch (EfficientNetV2-B0 classifier of the demo, forward + backward to the input,
-  16 x 7 x 192 x 192).
+  16 x 7 x 192 x 192);
+- classifier training step (the same network, forward + backward + AdamW, batch 32 x 7 x 192 x 192,
+  with and without channels_last).
 
 Usage:
     python benchmarks/bench_precision.py [--repeats 3] [--threads 2]
@@ -87,10 +89,34 @@ def main(repeats: int = 3, threads: int = 2) -> None:
 
         return step
 
+    trainee = SliceClassifier("tf_efficientnetv2_b0", in_chans=7, feature_stage=2)
+    trainee_optimizer = torch.optim.AdamW(trainee.parameters(), 1e-3)
+    slices = torch.randn(32, 7, 192, 192)
+    labels = (torch.rand(32, 1) > 0.5).float()
+
+    def classifier_train(dtype: torch.dtype | None, channels_last: bool = False) -> Callable[[], None]:
+        def step() -> None:
+            trainee.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            inputs = slices.to(memory_format=torch.channels_last) if channels_last else slices
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                out = trainee(inputs)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), labels)
+            trainee_optimizer.zero_grad()
+            loss.backward()
+            trainee_optimizer.step()
+
+        return step
+
     cases = {
         "student train": {"float32": train(None), "bfloat16": train(torch.bfloat16), "float32 channels_last": train(None, True)},
         "student inference": {"float32": infer(None), "bfloat16": infer(torch.bfloat16)},
         "teacher IG batch": {"float32": ig(None), "bfloat16": ig(torch.bfloat16), "float32 channels_last": ig(None, True)},
+        "classifier train": {
+            "float32": classifier_train(None),
+            "bfloat16": classifier_train(torch.bfloat16),
+            "float32 channels_last": classifier_train(None, True),
+            "bfloat16 channels_last": classifier_train(torch.bfloat16, True),
+        },
     }
     print(f"torch {torch.__version__}, {threads} threads, best of {repeats} (one warm-up each)")
     for case, fns in cases.items():

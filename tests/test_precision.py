@@ -123,3 +123,33 @@ def test_teacher_factory_measures_auto_once_per_grid(monkeypatch):
     assert all(t.autocast_dtype == torch.bfloat16 and t.explainer.autocast_dtype == torch.bfloat16 for t in teachers)
     fixed = TeacherFactory(classifier, 1.0, scale_to_grid=False, autocast_dtype=None)(32, 32)
     assert fixed.autocast_dtype is None and len(calls) == 2
+
+
+def test_auto_inferer_measures_once_on_the_first_network_call(monkeypatch):
+    import custom.precision as precision
+
+    calls = []
+
+    def fake_resolve(setting, network, input_shape, device, backward=False, agree_across_ranks=True, **kwargs):
+        calls.append((setting, tuple(input_shape), backward, agree_across_ranks))
+        return torch.bfloat16
+
+    monkeypatch.setattr(precision, "resolve_autocast_dtype", fake_resolve)
+    net = _DtypeRecorder()
+    inferer = AutocastInferer(SlidingWindowInferer(roi_size=(8, 8, 4), sw_batch_size=3, overlap=0.0), "auto")
+    assert inferer.pending and inferer.dtype is None
+    out = inferer(torch.randn(1, 1, 16, 16, 4), net)
+    inferer(torch.randn(1, 1, 16, 16, 4), net)
+    assert calls == [("auto", (3, 1, 8, 8, 4), False, False)]  # the patch batch the network sees, measured once
+    assert not inferer.pending and inferer.dtype == torch.bfloat16
+    assert out.dtype == torch.float32 and set(net.seen) == {torch.bfloat16}
+
+
+def test_auto_inferer_really_measures_under_no_grad_for_training_probes():
+    torch.manual_seed(4)
+    net = _DtypeRecorder()
+    inferer = AutocastInferer(SimpleInferer(), "auto", backward=True)
+    with torch.no_grad():
+        out = inferer(torch.randn(2, 1, 8, 8, 4), net)
+    assert not inferer.pending and inferer.dtype in (None, torch.bfloat16)
+    assert out.dtype == torch.float32 and all(p.grad is None for p in net.parameters())
