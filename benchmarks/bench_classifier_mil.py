@@ -163,7 +163,7 @@ def scores(net, studies):
     return roc_auc(s, l), s, l
 
 def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, window=(100, 700), eval_every=100, seed=0, n_train=60, point_slices=6, tag="", pair=0.0,
-        cohort="work/bench_recipes/cohort", results="work/bench_mil/results.jsonl", save_weights=False, datalist="datalist.json"):
+        cohort="work/bench_recipes/cohort", results="work/bench_mil/results.jsonl", save_weights=False, datalist="datalist.json", bf16=False):
     """Train one candidate for ``iters`` iterations and print its curve, test slice AUC and pointing game."""
     torch.manual_seed(seed); rng = np.random.default_rng(seed)
     train = load(cohort, "training", window, datalist=datalist)[:n_train]
@@ -176,7 +176,9 @@ def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, win
     t0 = time.perf_counter(); curve = []; losses = []; teval = 0.0
     for it in range(1, iters + 1):
         x, y = next(gen)
-        loss = F.binary_cross_entropy_with_logits(net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16)):
+            logits = net(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
         opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
         if it % eval_every == 0 or it == iters:
             te = time.perf_counter(); auc = scores(net, val)[0]; teval += time.perf_counter() - te
@@ -188,7 +190,7 @@ def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, win
     net.eval()
     ex = IntegratedGradientsExplainer(net, n_steps=16, references=("fill",), max_batch=128)
     game = pointing_game(ex, [(v.numpy(), m) for v, _, m in test], max_slices_per_study=point_slices)
-    res = dict(kind=kind, tag=tag, n_train=len(train), iters=iters, bs=bs, lr=lr, level_mix=level_mix, crop=crop, cutout=bool(cutout), window=window, pair=pair,
+    res = dict(kind=kind, tag=tag, n_train=len(train), bf16=bool(bf16), iters=iters, bs=bs, lr=lr, level_mix=level_mix, crop=crop, cutout=bool(cutout), window=window, pair=pair,
                train_min=round(train_min, 2), curve=curve, test_auc=round(test_auc, 3), pointing=round(game.hit_rate, 3), n_point=game.total,
                med_dist=float(np.median(game.distances_px)))
     print(f"RESULT {json.dumps(res)}", flush=True)
