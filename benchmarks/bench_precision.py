@@ -40,6 +40,29 @@ def _timed(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]
     return best
 
 
+def _training_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    dtype: torch.dtype | None,
+    memory_format: torch.memory_format | None,
+) -> Callable[[], None]:
+    """One BCE training step (forward under autocast ``dtype``, backward, AdamW) in ``memory_format``."""
+
+    def step() -> None:
+        net.to(memory_format=memory_format or torch.contiguous_format)
+        batch = inputs.to(memory_format=memory_format) if memory_format else inputs
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            out = net(batch)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def _student() -> DynUNet:
     kernels = [[3, 3, 3]] * 6
     strides = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 1], [2, 2, 1]]
@@ -56,16 +79,7 @@ def main(repeats: int = 3, threads: int = 2) -> None:
     y = (torch.rand(4, 2, 64, 64, 32) > 0.99).float()
 
     def train(dtype: torch.dtype | None, channels_last: bool = False) -> Callable[[], None]:
-        def step() -> None:
-            inputs = x.to(memory_format=torch.channels_last_3d) if channels_last else x
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                out = net(inputs)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        return step
+        return _training_step(net, optimizer, x, y, dtype, torch.channels_last_3d if channels_last else None)
 
     patches = torch.randn(8, 1, 64, 64, 32)
 
@@ -95,17 +109,7 @@ def main(repeats: int = 3, threads: int = 2) -> None:
     labels = (torch.rand(32, 1) > 0.5).float()
 
     def classifier_train(dtype: torch.dtype | None, channels_last: bool = False) -> Callable[[], None]:
-        def step() -> None:
-            trainee.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            inputs = slices.to(memory_format=torch.channels_last) if channels_last else slices
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                out = trainee(inputs)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), labels)
-            trainee_optimizer.zero_grad()
-            loss.backward()
-            trainee_optimizer.step()
-
-        return step
+        return _training_step(trainee, trainee_optimizer, slices, labels, dtype, torch.channels_last if channels_last else None)
 
     cases = {
         "student train": {"float32": train(None), "bfloat16": train(torch.bfloat16), "float32 channels_last": train(None, True)},
