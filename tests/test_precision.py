@@ -11,6 +11,17 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from custom.precision import AutocastInferer, as_autocast_dtype, fastest_autocast_dtype, resolve_autocast_dtype
 
 
+def _recording_resolver(result):
+    """A stand-in for ``resolve_autocast_dtype`` that records its calls and returns ``result``."""
+    calls = []
+
+    def resolve(setting, network, input_shape, device, backward=False, agree_across_ranks=True, **kwargs):
+        calls.append((setting, tuple(input_shape), backward, agree_across_ranks))
+        return result
+
+    return calls, resolve
+
+
 def _sleeper(fp32_s: float, bf16_s: float):
     """A step whose duration depends only on whether CPU autocast is on: the decision logic, not this CPU."""
 
@@ -109,12 +120,7 @@ def test_teacher_factory_measures_auto_once_per_grid(monkeypatch):
     import custom.explain.teacher as teacher_module
     from custom.teacher import TeacherFactory
 
-    calls = []
-
-    def fake_resolve(setting, network, input_shape, device, backward=False, agree_across_ranks=True, **kwargs):
-        calls.append((setting, tuple(input_shape), backward, agree_across_ranks))
-        return torch.bfloat16
-
+    calls, fake_resolve = _recording_resolver(torch.bfloat16)
     monkeypatch.setattr(teacher_module, "resolve_autocast_dtype", fake_resolve)
     classifier = torch.nn.Sequential(torch.nn.Conv2d(7, 1, 3), torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten())
     factory = TeacherFactory(classifier, 1.0, scale_to_grid=False, autocast_dtype="auto", max_batch=12)
@@ -128,12 +134,7 @@ def test_teacher_factory_measures_auto_once_per_grid(monkeypatch):
 def test_auto_inferer_measures_once_on_the_first_network_call(monkeypatch):
     import custom.precision as precision
 
-    calls = []
-
-    def fake_resolve(setting, network, input_shape, device, backward=False, agree_across_ranks=True, **kwargs):
-        calls.append((setting, tuple(input_shape), backward, agree_across_ranks))
-        return torch.bfloat16
-
+    calls, fake_resolve = _recording_resolver(torch.bfloat16)
     monkeypatch.setattr(precision, "resolve_autocast_dtype", fake_resolve)
     net = _DtypeRecorder()
     inferer = AutocastInferer(SlidingWindowInferer(roi_size=(8, 8, 4), sw_batch_size=3, overlap=0.0), "auto")
