@@ -15,6 +15,8 @@ Candidates (``--kind``):
 - ``defect_b0s2mil``: a fixed stem adds each slice's grey-closing residual (closing(x) - x at 5 and 13 px,
   bright where a dark hole sits inside a bright structure, as an embolus in a contrast-filled artery)
 - ``plainmil``: a small plain CNN with the multiple-instance head
+- ``b0s2milvessel``: ``b0s2mil`` whose maximum runs only over logit-map positions near bright
+  (contrast-filled, above about 200 HU) pixels of the centre slice: an image-derived prior, no labels
 
 Sampling: half positive slices; negatives uniform or level-matched (``--level_mix``), and with
 ``--pair p`` a share p of the negatives replaced by slices of the *same* study 4-10 slices from its
@@ -70,6 +72,19 @@ class MilNet(nn.Module):
     def forward(self, x):
         return torch.amax(self.logit_map(x), dim=(-2, -1))
 
+class VesselMil(MilNet):
+    """MilNet whose max runs only over positions near contrast-filled vessels of the centre slice
+    (windowed intensity above ``level``, i.e. about 200 HU in the 100/700 window, max-pooled to the
+    logit map's grid): an image-derived prior, no labels; featureless tissue cannot win the max."""
+    def __init__(self, stage=2, level=0.64):
+        super().__init__(stage=stage); self.level = level
+    def forward(self, x):
+        logits = self.logit_map(x)
+        bright = (x[:, x.shape[1] // 2 : x.shape[1] // 2 + 1] > self.level).float()
+        near = F.adaptive_max_pool2d(bright, logits.shape[-2:]) > 0
+        floor = logits.detach().amin(dim=(-2, -1), keepdim=True) - 1.0
+        return torch.amax(torch.where(near, logits, floor), dim=(-2, -1))
+
 class PlainMil(nn.Module):
     def __init__(self, in_chans=7, widths=(24, 48, 64), lse=0):
         super().__init__()
@@ -108,6 +123,7 @@ def make_net(kind):
     if kind == "b0s2": return SliceClassifier("tf_efficientnetv2_b0", feature_stage=2)
     if kind == "b0s1": return SliceClassifier("tf_efficientnetv2_b0", feature_stage=1)
     if kind == "b0s2mil": return MilNet(stage=2)
+    if kind == "b0s2milvessel": return VesselMil(stage=2)
     if kind == "b0s1mil": return MilNet(stage=1)
     if kind == "b0s3mil": return MilNet(stage=3)
     if kind == "b0s2milh": return MilNet(stage=2, hidden=64)
