@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from monai.inferers import Inferer
 
-__all__ = ["AutocastInferer", "as_autocast_dtype", "fastest_autocast_dtype", "resolve_autocast_dtype"]
+__all__ = ["AutocastInferer", "as_autocast_dtype", "fastest_autocast_dtype", "is_auto", "resolve_autocast_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ _NAMES: dict[str, torch.dtype | None] = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+
+
+def is_auto(setting: object) -> bool:
+    """Whether an ``autocast_dtype`` setting asks for measurement (``"auto"``, any case)."""
+    return isinstance(setting, str) and setting.strip().lower() == "auto"
 
 
 def as_autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
@@ -156,7 +161,7 @@ def resolve_autocast_dtype(
     Returns:
         ``None`` (float32) or the autocast dtype.
     """
-    if not (isinstance(setting, str) and setting.strip().lower() == "auto"):
+    if not is_auto(setting):
         return as_autocast_dtype(setting)
     device = torch.device(device)
     model = copy.deepcopy(getattr(network, "module", network)).to(device)  # keeps the network's mode
@@ -245,7 +250,7 @@ class AutocastInferer(Inferer):
         super().__init__()
         self.inferer = inferer
         self.backward = bool(backward)
-        self.pending = isinstance(dtype, str) and dtype.strip().lower() == "auto"
+        self.pending = is_auto(dtype)
         self.dtype = None if self.pending else as_autocast_dtype(dtype)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

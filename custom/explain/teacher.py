@@ -28,7 +28,7 @@ from custom.explain.filtering import filter_clusters
 from custom.explain.iexplain import STOP_NEGATIVE, iexplain_minivolumes, predict_probabilities
 from custom.explain.integrated_gradients import IntegratedGradientsExplainer
 from custom.io.errors import InputError
-from custom.precision import resolve_autocast_dtype
+from custom.precision import is_auto, resolve_autocast_dtype
 
 __all__ = ["IExplainTeacher", "StudyExplanation", "explain_study"]
 
@@ -174,7 +174,7 @@ class IExplainTeacher:
         if not 0.0 < mask_threshold <= 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1], got {mask_threshold}")
         self.classifier = classifier.eval()
-        self._autocast_pending = isinstance(autocast_dtype, str) and autocast_dtype.strip().lower() == "auto"
+        self._autocast_pending = is_auto(autocast_dtype)
         self.explainer = IntegratedGradientsExplainer(
             classifier, n_steps=n_steps, method=method, references=references, n_noise=n_noise,
             noise_level=noise_level, fill_value=fill_value, value_range=value_range, blur_sigma_px=blur_sigma_px,

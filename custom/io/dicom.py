@@ -539,13 +539,15 @@ def _rescale_to_int16(
             np.add(stored, int(intercept), out=out, dtype=np.int16, casting="unsafe")
             return 0
         raise InputError(f"{path}: HU range [{low}, {high}] does not fit int16")
-    hu = checked.astype(np.float64) * slope + intercept
-    low, high = float(hu.min()), float(hu.max())
+    hu = stored.astype(np.float64) * slope + intercept
+    hu_checked = hu if ignore is None else hu[~ignore]
+    low, high = float(hu_checked.min()), float(hu_checked.max())
     if low < _INT16.min or high > _INT16.max:
         raise InputError(f"{path}: HU range [{low:g}, {high:g}] does not fit int16")
     rounded = np.rint(hu)
-    changed = int(np.count_nonzero(rounded != hu))
-    hu_all = np.rint(stored.astype(np.float64) * slope + intercept)
-    np.clip(hu_all, _INT16.min, _INT16.max, out=hu_all)  # only ignored (padding) pixels can be clipped
-    out[...] = hu_all
-    return changed
+    changed = rounded != hu
+    if ignore is not None:
+        changed &= ~ignore
+    np.clip(rounded, _INT16.min, _INT16.max, out=rounded)  # only ignored (padding) pixels can be clipped
+    out[...] = rounded
+    return int(np.count_nonzero(changed))
