@@ -473,3 +473,30 @@ def test_reader_dtype_must_be_float32_or_int16(tmp_path):
     write_ct_series(tmp_path / "s", hu_volume(2))
     with pytest.raises(ValueError, match="float32 or int16"):
         read_ct_series(tmp_path / "s", dtype=np.float64)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
+@pytest.mark.parametrize("signed", [0, 1])
+@pytest.mark.parametrize("bits_stored", [16, 12, 10])
+def test_native_fast_path_equals_pydicom_decoder(tmp_path, syntax, signed, bits_stored):
+    """Uncompressed 16-bit slices skip pydicom's decoder; the values must be what pydicom gives,
+    including garbage in the unused high bits (cleared, or sign-extended for signed pixels)."""
+    from pydicom.pixels import pixel_array
+
+    path = get_testdata_file("693_UNCR.dcm")
+    ds = pydicom.dcmread(path)
+    raw = np.frombuffer(ds.PixelData, dtype="<u2").copy()
+    raw[::7] |= np.uint16(0xF000 if bits_stored < 16 else 0)  # set unused bits (overlay remnants)
+    raw[1::5] = np.uint16((1 << bits_stored) - 1)  # the stored extreme: -1 when signed
+    ds.PixelData = raw.tobytes()
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, signed
+    ds.file_meta.TransferSyntaxUID = syntax
+    out = tmp_path / "slice.dcm"
+    ds.save_as(out, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
+    reread = pydicom.dcmread(out)
+    ours = decode_pixels(reread, out)
+    theirs = pixel_array(pydicom.dcmread(out))
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(ours, theirs)
+    if signed and bits_stored < 16:
+        assert ours.min() < 0  # the sign bit of the stored value was extended

@@ -32,6 +32,9 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import (
     JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     RLELossless,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -146,6 +149,10 @@ def decode_pixels(dataset: Dataset, path: str | os.PathLike) -> np.ndarray:
     plugin = decoding_plugin(transfer_syntax)
     if not plugin:
         _check_native_length(dataset, path)
+        if transfer_syntax in _LITTLE_ENDIAN_NATIVE:
+            stored = _native_single_frame(dataset)
+            if stored is not None:
+                return stored
     try:
         return pixel_array(dataset, decoding_plugin=plugin)
     except Exception as err:  # every decoder failure is a bad file, whatever the plugin raises
@@ -153,6 +160,40 @@ def decode_pixels(dataset: Dataset, path: str | os.PathLike) -> np.ndarray:
             f"{path}: cannot decode the pixel data ({_syntax_name(transfer_syntax)}, plugin {plugin or 'pydicom'}): "
             f"{type(err).__name__}: {err} (truncated or corrupt file?)"
         ) from None
+
+
+_LITTLE_ENDIAN_NATIVE = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
+
+
+def _native_single_frame(dataset: Dataset) -> np.ndarray | None:
+    """The stored values of an uncompressed little-endian 16-bit grayscale slice, read straight from the buffer.
+
+    The common CT case (one frame, one sample, 16 bits allocated) skips pydicom's generic decoder
+    set-up, which costs more than reading the slice itself (``benchmarks/bench_prepare.py``,
+    issue 12 item 5). The result equals ``pydicom.pixels.pixel_array`` with its defaults,
+    including the correction of unused high bits when ``BitsStored`` < 16 (sign-extended when
+    ``PixelRepresentation`` is 1); the tests compare both. Any other layout returns ``None`` and
+    goes through pydicom. The length of Pixel Data was checked by the caller.
+    """
+    get = dataset.get
+    if (
+        int(get("BitsAllocated", 0) or 0) != 16
+        or int(get("SamplesPerPixel", 1) or 1) != 1
+        or int(get("NumberOfFrames", 1) or 1) != 1
+        or "PixelData" not in dataset
+    ):
+        return None
+    rows, cols = int(get("Rows", 0) or 0), int(get("Columns", 0) or 0)
+    signed = int(get("PixelRepresentation", 0) or 0) == 1
+    bits_stored = int(get("BitsStored", 16) or 16)
+    if rows <= 0 or cols <= 0 or not 1 <= bits_stored <= 16:
+        return None
+    stored = np.frombuffer(dataset.PixelData, dtype="<i2" if signed else "<u2", count=rows * cols).reshape(rows, cols)
+    if bits_stored < 16:
+        shift = 16 - bits_stored
+        stored = np.left_shift(stored, shift)  # a writable copy; the file's buffer is left alone
+        np.right_shift(stored, shift, out=stored)
+    return stored
 
 
 def _check_native_length(dataset: Dataset, path: str | os.PathLike) -> None:

@@ -529,12 +529,14 @@ def _rescale_to_int16(
     range check on the stored extremes; anything else goes through float64. Pixels in ``ignore``
     (padding, overwritten by the caller) are left out of the range check.
     """
-    checked = stored if ignore is None else stored[~ignore]
-    if checked.size == 0:
+    if ignore is not None and ignore.all():
         out[...] = 0
         return 0
     if stored.dtype.kind in "iu" and slope == 1.0 and intercept == int(intercept):
-        low, high = int(checked.min()) + int(intercept), int(checked.max()) + int(intercept)
+        low, high = int(stored.min()) + int(intercept), int(stored.max()) + int(intercept)
+        if not (_INT16.min <= low and high <= _INT16.max) and ignore is not None:
+            checked = stored[~ignore]  # only when the whole slice does not fit: padding may be the outlier
+            low, high = int(checked.min()) + int(intercept), int(checked.max()) + int(intercept)
         if _INT16.min <= low and high <= _INT16.max:
             np.add(stored, int(intercept), out=out, dtype=np.int16, casting="unsafe")
             return 0
