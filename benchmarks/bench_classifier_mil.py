@@ -99,6 +99,26 @@ class PlainMil(nn.Module):
     def forward(self, x):
         return torch.amax(self.head(self.features(x)), dim=(-2, -1))
 
+class LocalMil(nn.Module):
+    """Full-resolution CNN with a small receptive field (dilated 3x3 convolutions, 21 px at the default
+    widths; no striding), a per-position logit map and the maximum (or top-k mean) over positions.
+    Each logit sees only a 21x21 px neighbourhood, so it cannot read the slice level from the
+    anatomy; the only local pattern that separates positive from negative slices is the embolus."""
+    def __init__(self, in_chans=7, widths=(16, 24, 32, 32, 48), dilations=(1, 1, 2, 2, 4), topk=1):
+        super().__init__()
+        layers, c = [], in_chans
+        for w, d in zip(widths, dilations):
+            layers += [nn.Conv2d(c, w, 3, padding=d, dilation=d, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(c, 1, 1); nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)
+        self.topk = topk
+    def logit_map(self, x):
+        return self.head(self.features(x))
+    def forward(self, x):
+        m = self.logit_map(x).flatten(1)
+        return m.amax(1, keepdim=True) if self.topk == 1 else m.topk(self.topk, dim=1).values.mean(1, keepdim=True)
+
 class DefectStem(nn.Module):
     """input slices plus their grey closing residual (closing(x) - x) at a few scales: dark holes in bright structures"""
     def __init__(self, sizes=(5, 13)):
@@ -128,6 +148,9 @@ def make_net(kind):
     if kind == "b0s3mil": return MilNet(stage=3)
     if kind == "b0s2milh": return MilNet(stage=2, hidden=64)
     if kind == "plainmil": return PlainMil()
+    if kind == "localmil": return LocalMil()
+    if kind == "localmil_top8": return LocalMil(topk=8)
+    if kind == "localmil_wide": return LocalMil(widths=(24, 32, 48, 48, 64, 64), dilations=(1, 1, 2, 2, 4, 8))
     raise KeyError(kind)
 
 def near_negatives(lab, lo=4, hi=10):
