@@ -166,6 +166,7 @@ def test_torchscript_export_gives_the_same_findings(deployed) -> None:
 def _load_app():
     spec = importlib.util.spec_from_file_location("pe_deploy_app", APP)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -223,3 +224,26 @@ def test_negative_study_seg_keeps_every_frame(deployed, tmp_path) -> None:
     series = read_ct_series(deployed["study"])
     seg = pydicom.dcmread(write_dicom_seg(np.zeros(series.volume_zyx.shape, bool), series, tmp_path / "negative.dcm", "0.1.0"))
     assert int(seg.NumberOfFrames) == series.n_slices and not seg.pixel_array.any()
+
+
+def test_app_is_a_monai_deploy_sdk_application_with_the_operator_chain(tmp_path):
+    """The app is composed with the MONAI Deploy App SDK: Application + Operators wired by add_flow."""
+    from monai.deploy.core import Application, Operator
+
+    app_module = _load_app()
+    app = app_module.PESegmentationApp(tmp_path / "model.ts")
+    assert isinstance(app, Application)
+    graph = app.graph
+    roots = list(graph.get_root_operators())
+    assert [type(op).__name__ for op in roots] == ["DicomLoaderOperator"]
+    chain, op = [], roots[0]
+    while True:
+        chain.append(type(op).__name__)
+        following = [o for o in graph.gen_next_operators(op) if o is not None]
+        if len(following) != 1:
+            break
+        op = following[0]
+    assert chain == ["DicomLoaderOperator", "CTSeriesSelectorOperator", "SeriesVolumeOperator", "StudentInferenceOperator"]
+    leaves = sorted(type(o).__name__ for o in following)
+    assert leaves == ["DicomSegWriterOperator", "FindingsWriterOperator"]
+    assert all(isinstance(o, Operator) for o in [*roots, *following])
