@@ -67,6 +67,7 @@ __all__ = [
     "FindingsWriterOperator",
     "PESegmentationApp",
     "Prediction",
+    "SeriesSelection",
     "SeriesVolumeOperator",
     "StudentInferenceOperator",
     "main",
