@@ -12,7 +12,7 @@ shortcut:
   slices with an embolus within 3 px of one of the top N candidates (recall@N).
 
     python benchmarks/analyse_defect_prior.py --cohort work/bench_recipes/cohort \
-        --datalist datalist_train300.json --closing 5
+        --datalist datalist_train300.json --closing 5 [--depth 5 --tissue_hu "(0,100)" --bright 0.7]
 """
 
 from __future__ import annotations
@@ -32,10 +32,21 @@ from custom.handlers import roc_auc  # noqa: E402
 from custom.io.nifti import read_volume  # noqa: E402
 
 
-def defect_residual(slice_windowed: np.ndarray, closing: int, bright: float) -> np.ndarray:
-    """``closing(x) - x`` where the closed image is bright (a filled contrast vessel), else 0."""
-    closed = ndi.grey_closing(slice_windowed, size=(closing, closing))
-    return (closed - slice_windowed) * (closed > bright)
+def defect_residual(
+    windowed: np.ndarray, closing: int, bright: float, depth: int = 1, tissue: tuple[float, float] | None = None
+) -> np.ndarray:
+    """``closing(x) - x`` where the closed image is bright (a filled contrast vessel), else 0.
+
+    ``windowed`` is a ``(Z, Y, X)`` volume; the closing window is ``depth x closing x closing``
+    (``depth`` 1: each slice on its own, as in session 4; 3 or 5: a gap along the vessel's course
+    through neighbouring slices is filled too). ``tissue`` keeps only voxels whose own windowed value
+    lies in that range (a clot is soft-tissue grey, not lung black).
+    """
+    closed = ndi.grey_closing(windowed, size=(depth, closing, closing))
+    residual = (closed - windowed) * (closed > bright)
+    if tissue is not None:
+        residual *= (windowed >= tissue[0]) & (windowed <= tissue[1])
+    return residual
 
 
 def main(
@@ -45,6 +56,8 @@ def main(
     bright: float = 0.6,
     window: tuple[float, float] = (100.0, 700.0),
     top_n: tuple[int, ...] = (1, 4, 16, 32, 64),
+    depth: int = 1,
+    tissue_hu: tuple[float, float] | None = None,
 ) -> dict:
     """Print and return the slice AUC, pointing game and candidate recall@N of the residual prior."""
     root = Path(cohort)
@@ -56,8 +69,10 @@ def main(
         volume = window_hu(read_volume(root / entry["image"])[0], *window)
         mask = read_volume(root / entry["mask"])[0] > 0
         slice_labels = np.asarray(entry["slice_labels"])
+        tissue = None if tissue_hu is None else tuple(float(window_hu(np.float32(h), *window)) for h in tissue_hu)
+        residuals = defect_residual(volume, closing, bright, depth, tissue)
         for z in range(volume.shape[0]):
-            residual = defect_residual(volume[z], closing, bright)
+            residual = residuals[z]
             scores.append(float(residual.max()))
             labels.append(int(slice_labels[z]))
             if not mask[z].any():
@@ -78,6 +93,9 @@ def main(
         "recall_at": {n: round(recall[n] / max(positives, 1), 2) for n in top_n},
         "positive_slices": positives,
         "closing": closing,
+        "depth": depth,
+        "tissue_hu": tissue_hu,
+        "bright": bright,
     }
     print(json.dumps(result))
     return result
