@@ -5,8 +5,9 @@ In one run, on the same classifier and mini-volumes:
 - Captum: ``IntegratedGradients(model).attribute(x_i, 0.0, n_steps=...)`` called per mini-volume, float32
   (Captum batches the ``n_steps`` points of one mini-volume into one pass);
 - the project's ``IntegratedGradientsExplainer`` (one "fill" reference, the same quadrature) folding
-  all mini-volumes x steps into passes of ``max_batch`` items, in four variants: float32 or bfloat16
-  autocast, contiguous or channels-last;
+  all mini-volumes x steps into passes of ``max_batch`` items, in six variants: float32 or bfloat16
+  autocast, contiguous or channels-last, eager or ``torch.compile`` (``compile=True``; its first run
+  pays the compiling, printed apart, and ``--repeats`` must be at least 2 for the compiled rate);
 - the largest attribution difference of each variant from Captum (absolute, and relative to Captum's
   largest attribution);
 - this machine's matmul peak (``torch.mm`` of two large square matrices, float32 and bfloat16), the FLOPs
@@ -21,7 +22,7 @@ time mostly measures their load, the CPU time much less. Each time is the best o
 interleaved runs (the first run of each variant also pays its warm-up); wall times and the load
 average are printed too.
 
-Usage: ``.venv/bin/python benchmarks/bench_ig.py [--n_volumes 4 --n_steps 16 --max_batch 64 --repeats 2 --threads 1]``.
+Usage: ``.venv/bin/python benchmarks/bench_ig.py [--n_volumes 4 --n_steps 16 --max_batch 64 --repeats 3 --threads 1 --compiled True]``.
 The last lines printed are the ratios.
 """
 
@@ -42,11 +43,13 @@ from custom.explain import IntegratedGradientsExplainer
 from custom.io.atomic import write_json_atomic
 from custom.networks import SliceClassifier
 
-VARIANTS = {  # name: (autocast dtype, channels_last)
-    "fp32": (None, False),
-    "fp32_channels_last": (None, True),
-    "bf16": (torch.bfloat16, False),
-    "bf16_channels_last": (torch.bfloat16, True),
+VARIANTS = {  # name: (autocast dtype, channels_last, torch.compile)
+    "fp32": (None, False, False),
+    "fp32_channels_last": (None, True, False),
+    "bf16": (torch.bfloat16, False, False),
+    "bf16_channels_last": (torch.bfloat16, True, False),
+    "fp32_compiled": (None, False, True),
+    "bf16_channels_last_compiled": (torch.bfloat16, True, True),
 }
 
 
@@ -89,16 +92,22 @@ def flops_per_minivolume(model: nn.Module, size: int, n_steps: int) -> float:
 
 def best_times(
     functions: dict[str, Callable[[], torch.Tensor]], repeats: int
-) -> tuple[dict[str, float], dict[str, float], dict[str, torch.Tensor]]:
-    """Best wall and CPU seconds of each function over ``repeats`` interleaved rounds, and its last result."""
+) -> tuple[dict[str, float], dict[str, float], dict[str, torch.Tensor], dict[str, float]]:
+    """Best wall and CPU seconds of each function over ``repeats`` interleaved rounds (after the
+    first round when there are several), its last result, and the wall seconds of its first run."""
     walls = {name: float("inf") for name in functions}
     cpus = dict(walls)
+    first: dict[str, float] = {}
     results: dict[str, torch.Tensor] = {}
-    for _ in range(repeats):
+    for round_index in range(repeats):
         for name, function in functions.items():
             results[name], wall, cpu = measure(function)
+            if round_index == 0:
+                first[name] = wall
+                if repeats > 1:
+                    continue
             walls[name], cpus[name] = min(walls[name], wall), min(cpus[name], cpu)
-    return walls, cpus, results
+    return walls, cpus, results, first
 
 
 def main() -> None:
@@ -109,7 +118,9 @@ def main() -> None:
     parser.add_argument("--n_volumes", type=int, default=4)
     parser.add_argument("--n_steps", type=int, default=16)
     parser.add_argument("--max_batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the first is a warm-up when there are several")
+    parser.add_argument("--compiled", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                        help="also time the torch.compile variants (about a minute of compiling each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible CPU time on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out_json", default=None, help="also write the results here")
@@ -125,13 +136,15 @@ def main() -> None:
             [captum.attribute(x[i : i + 1], 0.0, n_steps=args.n_steps, method="gausslegendre") for i in range(len(x))]
         )
     }
-    for name, (dtype, channels_last) in VARIANTS.items():
+    for name, (dtype, channels_last, compiled) in VARIANTS.items():
+        if compiled and not args.compiled:
+            continue
         explainer = IntegratedGradientsExplainer(
             copy.deepcopy(model), n_steps=args.n_steps, method="gausslegendre", references=("fill",),
-            max_batch=args.max_batch, autocast_dtype=dtype, channels_last=channels_last,
+            max_batch=args.max_batch, autocast_dtype=dtype, channels_last=channels_last, compile=compiled,
         )
         functions[name] = lambda explainer=explainer: explainer(x)
-    walls, times, results = best_times(functions, args.repeats)
+    walls, times, results, first_walls = best_times(functions, args.repeats)
     flops = flops_per_minivolume(model, args.size, args.n_steps)
     peaks = {"fp32": matmul_peak_flops(torch.float32), "bf16": matmul_peak_flops(torch.bfloat16)}
     load_after = os.getloadavg()
@@ -153,8 +166,10 @@ def main() -> None:
             "max_rel_difference": difference / scale, "peak_fraction": rate * flops / peak,
         }
         print(f"{name:>20}: {rate:7.3f} mini-volumes/s  {times[name]:7.2f} s CPU ({walls[name]:6.2f} s wall)  max |diff| {difference:.2e} "
-              f"({difference / scale:.1e} of max |attr|)  {100 * rate * flops / peak:5.1f} % of the {('bf16' if name.startswith('bf16') else 'fp32')} matmul peak")
-    best = max(VARIANTS, key=lambda name: rates[name])
+              f"({difference / scale:.1e} of max |attr|)  {100 * rate * flops / peak:5.1f} % of the {('bf16' if name.startswith('bf16') else 'fp32')} matmul peak"
+              f"  first run {first_walls[name]:.1f} s wall")
+        summary[name]["first_run_wall_seconds"] = first_walls[name]
+    best = max((name for name in VARIANTS if name in rates), key=lambda name: rates[name])
     ratios = {
         "explainer fp32 / captum fp32": rates["fp32"] / rates["captum"],
         f"explainer best ({best}) / captum fp32": rates[best] / rates["captum"],
@@ -163,6 +178,10 @@ def main() -> None:
         "bf16 channels_last / fp32 contiguous": rates["bf16_channels_last"] / rates["fp32"],
         "explainer fp32 fraction of fp32 matmul peak": summary["fp32"]["peak_fraction"],
     }
+    if "fp32_compiled" in rates:
+        ratios["compiled / eager (fp32)"] = rates["fp32_compiled"] / rates["fp32"]
+        ratios["compiled / eager (bf16 channels_last)"] = rates["bf16_channels_last_compiled"] / rates["bf16_channels_last"]
+    ratios[f"explainer best ({best}) / captum fp32"] = ratios.pop(f"explainer best ({best}) / captum fp32")  # last line
     if args.out_json:
         write_json_atomic(args.out_json, {"args": vars(args), "flops_per_minivolume": flops, "peaks": peaks,
                                           "load_average": [load_before[0], load_after[0]], "variants": summary, "ratios": ratios})

@@ -26,7 +26,9 @@ attributions of the positive windows (``custom.teacher.attribution_scale``, the 
 Times are wall and CPU seconds of this process (``time.process_time``) with ``--threads 1`` by default;
 the machine is shared with other jobs, so the CPU time is the more stable one. The float32 teacher runs once
 first as a warm-up (its result gives the work counts), then ``--repeats`` interleaved timed runs (best of).
-The last two lines are the ratios (bfloat16 autocast, then float32).
+With ``--compiled True`` (default) the teacher also runs with ``compile=True`` (``torch.compile`` of the
+IG passes, ``custom.compilation``) in float32 and bfloat16; their first run compiles and is timed apart.
+The last lines are the ratios (compiled float32 and bfloat16 when timed, bfloat16 autocast, then float32).
 
 Usage: ``.venv/bin/python benchmarks/bench_teacher.py [--shape 96 192 192 --n_steps 8 --threads 1 --repeats 1]``.
 """
@@ -56,15 +58,15 @@ DEMO_CLASSIFIER = REPO / "work" / "bench_recipes" / "b0_stage2_levels" / "models
 DEPTH = 7
 
 
-def make_classifier(seed: int) -> tuple[nn.Module, float | None, str]:
+def make_classifier(seed: int, models_dir: Path = DEMO_CLASSIFIER) -> tuple[nn.Module, float | None, str]:
     """The demo classifier and its threshold if trained weights exist, else an untrained one (threshold ``None``)."""
     network = SliceClassifier("tf_efficientnetv2_b0", in_chans=DEPTH, feature_stage=2)
-    weights = DEMO_CLASSIFIER / "model.pt"
+    weights = Path(models_dir).resolve() / "model.pt"
     if weights.is_file():
         load_classifier(network, weights, "cpu")
-        threshold_file = DEMO_CLASSIFIER / "threshold.json"
+        threshold_file = weights.parent / "threshold.json"
         threshold = read_classifier_threshold(threshold_file) if threshold_file.is_file() else 0.5
-        return network, threshold, f"trained ({weights.relative_to(REPO)})"
+        return network, threshold, f"trained ({weights})"
     torch.manual_seed(seed)
     nn.init.normal_(network.fc.weight, std=1.0 / network.fc.in_features**0.5)
     network.eval().requires_grad_(False)
@@ -150,11 +152,17 @@ def main() -> None:
     parser.add_argument("--positive_fraction", type=float, default=0.25, help="untrained classifier: fraction of windows explained")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out_json", default=None)
+    parser.add_argument("--channels_last", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
+                        help="the teacher's memory format (the bundle's default on CPU: False)")
+    parser.add_argument("--classifier_models", default=str(DEMO_CLASSIFIER),
+                        help="folder with model.pt (and threshold.json) of a b0 stage-2 classifier, e.g. a demo run's W/classifier/models")
+    parser.add_argument("--compiled", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                        help="also time the teacher with compile=True (its first, compiling run is timed apart)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    classifier, clf_threshold, classifier_kind = make_classifier(args.seed)
+    classifier, clf_threshold, classifier_kind = make_classifier(args.seed, Path(args.classifier_models))
     index, volume, true_mask = positive_study(tuple(args.shape), args.seed, args.study_index)
     sources = window_slice_indices(volume.shape[0], DEPTH)
     with torch.no_grad():
@@ -165,13 +173,20 @@ def main() -> None:
             classifier_kind += f"; its threshold {clf_threshold:.4f} calls no window of this study positive"
         clf_threshold = float(np.quantile(probabilities, 1.0 - args.positive_fraction))
     settings = dict(clf_threshold=clf_threshold, n_steps=args.n_steps, method=args.method, references=("fill",), n_noise=0,
-                    max_rounds=args.max_rounds, max_batch=args.max_batch, windows_per_batch=args.windows_per_batch)
+                    max_rounds=args.max_rounds, max_batch=args.max_batch, windows_per_batch=args.windows_per_batch,
+                    channels_last=args.channels_last)
     factory = TeacherFactory(classifier, None, **settings)
     high_threshold = attribution_scale(factory, [volume], quantile=0.999)
     teachers = {
         "project_fp32": factory(volume.shape[1], volume.shape[2], high_threshold=high_threshold),
         "project_bf16": TeacherFactory(classifier, high_threshold, autocast_dtype=torch.bfloat16, **settings)(volume.shape[1], volume.shape[2]),
     }
+    compile_seconds: dict[str, float] = {}
+    if args.compiled:
+        for name, dtype in (("project_fp32_compiled", None), ("project_bf16_compiled", torch.bfloat16)):
+            teacher = TeacherFactory(classifier, high_threshold, autocast_dtype=dtype, compile=True, **settings)(volume.shape[1], volume.shape[2])
+            _, compile_seconds[name], _ = timed(lambda teacher=teacher: teacher(volume, study_id=f"synthetic {index}"))  # compiles
+            teachers[name] = teacher
     reference = teachers["project_fp32"]
     variants = {name: (lambda teacher=teacher: teacher(volume, study_id=f"synthetic {index}").mask_filtered) for name, teacher in teachers.items()}
     variants["captum"] = lambda: captum_teacher(
@@ -198,9 +213,11 @@ def main() -> None:
     print(f"settings: n_steps {args.n_steps} ({args.method}), 1 reference (fill), no noise, max_rounds {args.max_rounds}, "
           f"neighbourhood {reference.neighbourhood}, min_voxels {reference.min_voxels}, filters {reference.min_cluster_voxels} voxels / "
           f"{reference.max_center_distance_px:.0f} px, max_batch {args.max_batch}, windows_per_batch {args.windows_per_batch}, "
-          f"threads {torch.get_num_threads()}, best of {args.repeats}")
+          f"channels_last {args.channels_last}, threads {torch.get_num_threads()}, best of {args.repeats}")
     print(f"work: {positive_windows} positive windows of {volume.shape[0]}, {window_rounds} window-rounds of IG ({window_rounds * args.n_steps} IG passes)")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (other jobs share this CPU)")
+    for name, seconds in compile_seconds.items():
+        print(f"{name}: first run, compiling included, {seconds:.1f} s wall")
     for name in variants:
         c = counts[name]
         print(f"{name:>13}: {cpus[name]:8.2f} s CPU ({walls[name]:7.2f} s wall)  F1 {c.f1:.3f} (tp {c.tp}, fp {c.fp}, fn {c.fn})  "
@@ -211,7 +228,11 @@ def main() -> None:
             "high_threshold": high_threshold, "positive_windows": positive_windows, "window_rounds": window_rounds,
             "load_average": [load_before[0], load_after[0]], "cpu_seconds": cpus, "wall_seconds": walls,
             "counts": {name: c.as_dict() for name, c in counts.items()}, "differing_voxels": differing, "ratios_cpu": ratios,
+            "first_run_wall_seconds_compiled": compile_seconds,
         }))
+    for name in compile_seconds:
+        print(f"ratio whole-study teacher time captum / {name.replace('_', ' ')}: {ratios[name]:.2f}x CPU "
+              f"({walls['captum'] / walls[name]:.2f}x wall), F1 difference {abs(counts[name].f1 - counts['captum'].f1):.3f}")
     print(f"ratio whole-study teacher time captum / project bf16 autocast: {ratios['project_bf16']:.2f}x CPU "
           f"({walls['captum'] / walls['project_bf16']:.2f}x wall), F1 difference {abs(counts['project_bf16'].f1 - counts['captum'].f1):.3f}")
     print(f"ratio whole-study teacher time captum / project fp32 (demo config): {ratios['project_fp32']:.2f}x CPU "

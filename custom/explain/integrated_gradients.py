@@ -44,6 +44,7 @@ from monai.networks.layers.convutils import gaussian_1d
 from monai.networks.layers.simplelayers import separable_filtering
 from torch import nn
 
+from custom.compilation import compile_frozen
 from custom.precision import as_autocast_dtype
 
 __all__ = [
@@ -118,14 +119,14 @@ def _integrated_gradients_core(
             r = (item // (batch * n_inputs)) % n_refs
             s = item // (batch * n_inputs * n_refs)
             begin = references[r, b]
-            delta = inputs[n, b] - begin
-            points = begin + alphas[s].view(view) * delta
+            delta = inputs[n, b].sub_(begin)  # the gather is a fresh tensor: in place saves an allocation
+            points = torch.addcmul(begin, alphas[s].view(view), delta)
             if use_channels_last:
                 points = points.contiguous(memory_format=torch.channels_last)
             points.requires_grad_(True)
             logits = _target_logit(model, points, target)
             (gradients,) = torch.autograd.grad(logits.sum(), points)
-            attributions.index_add_(0, b, gradients.float() * weights[s].view(view) * delta)
+            attributions.index_add_(0, b, delta.mul_(weights[s].view(view)).mul_(gradients))
     return attributions / (n_inputs * n_refs)
 
 
@@ -249,6 +250,9 @@ class IntegratedGradientsExplainer:
             in place.
         target: logit index to explain.
         seed: seed of the noise and random references; each call restarts it, so a call is reproducible.
+        compile: run the passes through ``torch.compile`` (``custom.compilation.compile_frozen``:
+            freezes ``model``'s parameters, falls back to eager if compiling fails). Numerically the
+            same as eager (up to float rounding), about one minute of compiling per process first.
     """
 
     def __init__(
@@ -267,6 +271,7 @@ class IntegratedGradientsExplainer:
         channels_last: bool = True,
         target: int = 0,
         seed: int = 0,
+        compile: bool = False,
     ) -> None:
         if len(references) == 0:
             raise ValueError("at least one IG reference is needed")
@@ -294,6 +299,9 @@ class IntegratedGradientsExplainer:
         self.seed = seed
         if channels_last:
             model.to(memory_format=torch.channels_last)
+        self.compile = bool(compile)
+        if self.compile:
+            self.model = compile_frozen(model)
 
     @property
     def passes_per_item(self) -> int:

@@ -136,6 +136,10 @@ class IExplainTeacher:
             same; converts the classifier in place).
         seed: seed of the IG noise.
         device: where to compute (default: the classifier's device).
+        compile: run the IG passes through ``torch.compile`` (``custom.compilation``; freezes the
+            classifier's parameters; about a minute of compiling per process on the project's CPU,
+            then faster passes, see ``benchmarks/bench_teacher.py``). The classifier's forward-only
+            passes stay eager.
 
     Use ``custom.explain.grid_scaling.scale_paper_settings`` for the pixel-unit settings of a grid
     other than 512 x 512.
@@ -168,6 +172,7 @@ class IExplainTeacher:
         channels_last: bool = True,
         seed: int = 0,
         device: torch.device | str | None = None,
+        compile: bool = False,
     ) -> None:
         if windows_per_batch < 1:
             raise ValueError(f"windows_per_batch must be positive, got {windows_per_batch}")
@@ -179,7 +184,7 @@ class IExplainTeacher:
             classifier, n_steps=n_steps, method=method, references=references, n_noise=n_noise,
             noise_level=noise_level, fill_value=fill_value, value_range=value_range, blur_sigma_px=blur_sigma_px,
             max_batch=max_batch, autocast_dtype=None if self._autocast_pending else autocast_dtype,
-            channels_last=channels_last, seed=seed,
+            channels_last=channels_last, seed=seed, compile=compile,
         )
         self.high_threshold = float(high_threshold)
         self.low_threshold = None if low_threshold is None else float(low_threshold)
