@@ -11,6 +11,8 @@ One concept per module, grouped by pipeline stage (see ``docs/conventions.md``):
 - ``custom.report``: tables and figures of the pipeline report.
 - ``custom.packaging``: Model Zoo bundle zips with weights and sha256 ``large_files.yml``.
 - ``custom.deploy``: the deploy app's model loading, DICOM SEG and findings.
+- ``custom.precision``: the autocast dtype chosen by measurement on the machine at hand.
+- ``custom.compilation``: ``torch.compile`` of a frozen network, with an eager fallback.
 """
 
 __version__ = "0.1.0"
