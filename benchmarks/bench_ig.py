@@ -18,8 +18,9 @@ The classifier is ``custom.networks.SliceClassifier`` (default ``tf_efficientnet
 the demo scale), randomly initialised; its zero-initialised output layer is given random weights so
 that the attributions are not all zero. Rates and the peak are per CPU-second of this process
 (``time.process_time``) with ``--threads 1`` by default: on a machine shared with other jobs the wall
-time mostly measures their load, the CPU time much less. Each time is the best of ``--repeats``
-interleaved runs (the first run of each variant also pays its warm-up); wall times and the load
+time mostly measures their load, the CPU time much less. Each time is the best of ``--repeats - 1``
+interleaved rounds after a first, untimed warm-up round (which pays the compiling of the compiled
+variants; with ``--repeats 1`` that single round is timed, warm-up included); wall times and the load
 average are printed too.
 
 Usage: ``.venv/bin/python benchmarks/bench_ig.py [--n_volumes 4 --n_steps 16 --max_batch 64 --repeats 3 --threads 1 --compiled True]``.
@@ -153,7 +154,8 @@ def main() -> None:
     scale = float(reference.abs().max())
     rates = {name: args.n_volumes / seconds for name, seconds in times.items()}
     print(f"model {args.model_name} (feature_stage {args.feature_stage}), {args.n_volumes} mini-volumes 7x{args.size}x{args.size}, "
-          f"n_steps {args.n_steps}, max_batch {args.max_batch}, threads {torch.get_num_threads()}, best of {args.repeats}")
+          f"n_steps {args.n_steps}, max_batch {args.max_batch}, threads {torch.get_num_threads()}, "
+          f"best of {max(args.repeats - 1, 1)} timed rounds{' after a warm-up round' if args.repeats > 1 else ' (warm-up included)'}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (other jobs share this CPU)")
     print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s; "
           f"{flops / 1e9:.2f} GFLOP per explained mini-volume")

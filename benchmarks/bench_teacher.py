@@ -62,8 +62,11 @@ def make_classifier(seed: int, models_dir: Path = DEMO_CLASSIFIER) -> tuple[nn.M
     """The demo classifier and its threshold if trained weights exist, else an untrained one (threshold ``None``)."""
     network = SliceClassifier("tf_efficientnetv2_b0", in_chans=DEPTH, feature_stage=2)
     weights = Path(models_dir).resolve() / "model.pt"
+    if not weights.is_file() and Path(models_dir).resolve() != DEMO_CLASSIFIER.resolve():
+        raise FileNotFoundError(f"--classifier_models {models_dir}: no model.pt there")
     if weights.is_file():
         load_classifier(network, weights, "cpu")
+        network.eval().requires_grad_(False)  # frozen for every variant alike (compile=True freezes it anyway)
         threshold_file = weights.parent / "threshold.json"
         threshold = read_classifier_threshold(threshold_file) if threshold_file.is_file() else 0.5
         return network, threshold, f"trained ({weights})"

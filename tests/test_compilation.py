@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from torch._inductor.exc import InductorError
+
 from custom.compilation import CompiledNetwork, compile_frozen
 from custom.explain.integrated_gradients import IntegratedGradientsExplainer
 
@@ -46,22 +48,79 @@ def test_compile_frozen_freezes_and_reuses_the_wrapper():
     assert set(compiled.state_dict()) == {f"network.{key}" for key in model.state_dict()}
 
 
+def _compiler_error(text: str) -> InductorError:
+    return InductorError(RuntimeError(text), None)
+
+
 def test_falls_back_to_eager_when_compiling_fails(caplog):
     model = _classifier()
     wrapper = CompiledNetwork(model)
 
     def failing(*args, **kwargs):
-        raise RuntimeError("InductorError: no working C++ compiler\nlong traceback")
+        raise _compiler_error("no working C++ compiler")
 
-    wrapper._compiled = failing
+    wrapper.__dict__["_compiled"] = failing
     x = torch.rand(2, 7, 16, 16)
     with caplog.at_level("WARNING", logger="custom.compilation"):
         out = wrapper(x)
     assert torch.equal(out, model(x))
     assert not wrapper.is_compiled
-    assert wrapper.fallback_reason == "RuntimeError: InductorError: no working C++ compiler"
+    assert wrapper.fallback_reason.startswith("InductorError: ") and "no working C++ compiler" in wrapper.fallback_reason
     assert "running SmallClassifier eagerly" in caplog.text
     assert torch.equal(wrapper(x), model(x))  # stays eager, no second attempt
+
+
+def test_other_errors_propagate_and_keep_the_compiled_path():
+    wrapper = CompiledNetwork(_classifier())
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    wrapper.__dict__["_compiled"] = out_of_memory
+    with pytest.raises(RuntimeError, match="out of memory"):
+        wrapper(torch.rand(2, 7, 16, 16))
+    assert wrapper.is_compiled and wrapper.fallback_reason is None
+
+
+class _BackwardFails(torch.autograd.Function):
+    """Identity whose backward raises a compiler error, like a lazily compiled backward that fails."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise _compiler_error("backward graph failed to compile")
+
+
+def test_a_failing_compiled_backward_falls_back_in_integrated_gradients():
+    x = torch.rand(2, 7, 16, 16, generator=torch.Generator().manual_seed(3))
+    eager = IntegratedGradientsExplainer(_classifier(), n_steps=4, max_batch=8, channels_last=False)(x)
+    explainer = IntegratedGradientsExplainer(_classifier(), n_steps=4, max_batch=8, channels_last=False, compile=True)
+    network = explainer.model.network
+    explainer.model.__dict__["_compiled"] = lambda points: _BackwardFails.apply(network(points))
+    attributions = explainer(x)
+    assert not explainer.model.is_compiled and "backward graph" in explainer.model.fallback_reason
+    assert torch.allclose(attributions, eager, rtol=1e-5, atol=1e-8)
+
+
+def test_cache_follows_the_layout_and_frees_unused_wrappers():
+    import gc
+
+    from custom.compilation import _COMPILED
+
+    model = _classifier()
+    first = compile_frozen(model)
+    assert compile_frozen(model) is first and compile_frozen(model, dynamic=True) is not first
+    second = compile_frozen(model)
+    model.to(memory_format=torch.channels_last)  # a graph traced for the old layout is not valid any more
+    third = compile_frozen(model)
+    assert third is not second and compile_frozen(model) is third
+    key = id(model)
+    del first, second, third
+    gc.collect()
+    assert key not in _COMPILED
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="TorchInductor on CPU needs a C++ compiler")

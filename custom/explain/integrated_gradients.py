@@ -44,7 +44,7 @@ from monai.networks.layers.convutils import gaussian_1d
 from monai.networks.layers.simplelayers import separable_filtering
 from torch import nn
 
-from custom.compilation import compile_frozen
+from custom.compilation import CompiledNetwork, compile_frozen
 from custom.precision import as_autocast_dtype
 
 __all__ = [
@@ -82,6 +82,13 @@ def _target_logit(model: nn.Module, points: torch.Tensor, target: int) -> torch.
     """The ``target`` logit of each item: ``(n,)`` float32 from a model output ``(n,)`` or ``(n, k)``."""
     output = model(points)
     return output.reshape(output.shape[0], -1)[:, target].float()
+
+
+def _input_gradients(model: nn.Module, points: torch.Tensor, target: int) -> torch.Tensor:
+    """Gradient of the summed ``target`` logits with respect to ``points`` (one forward + backward)."""
+    logits = _target_logit(model, points, target)
+    (gradients,) = torch.autograd.grad(logits.sum(), points)
+    return gradients
 
 
 def _integrated_gradients_core(
@@ -124,8 +131,10 @@ def _integrated_gradients_core(
             if use_channels_last:
                 points = points.contiguous(memory_format=torch.channels_last)
             points.requires_grad_(True)
-            logits = _target_logit(model, points, target)
-            (gradients,) = torch.autograd.grad(logits.sum(), points)
+            if isinstance(model, CompiledNetwork):  # a compiler failure in the lazy backward falls back too
+                gradients = model.run(lambda module: _input_gradients(module, points, target))
+            else:
+                gradients = _input_gradients(model, points, target)
             attributions.index_add_(0, b, delta.mul_(weights[s].view(view)).mul_(gradients))
     return attributions / (n_inputs * n_refs)
 
@@ -163,6 +172,7 @@ def integrated_gradients(
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be positive, got {max_batch}")
+    inputs = inputs.float()  # the path and the attributions are float32; autocast lowers the passes only
     refs = torch.as_tensor(references, dtype=inputs.dtype, device=inputs.device)
     if refs.dim() == 0:
         refs = refs.expand_as(inputs)

@@ -75,6 +75,7 @@ class TeacherFactory:
         self.scale_to_grid = bool(scale_to_grid)
         self.teacher_settings = dict(teacher_settings)
         self._autocast_by_grid: dict[tuple[int, int], Any] = {}  # "auto" measured once per grid
+        self._explain_network: nn.Module | None = None
 
     @property
     def ig_settings(self) -> dict[str, Any]:
@@ -126,4 +127,6 @@ class TeacherFactory:
         )
         # autocast_dtype "auto" is measured on the first teacher of each grid and reused after
         self._autocast_by_grid[grid_key] = teacher.resolve_precision(height, width)
+        # with compile=True, holding the compiled classifier keeps it cached for the next studies' teachers
+        self._explain_network = teacher.explainer.model
         return teacher
