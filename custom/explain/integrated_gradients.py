@@ -118,6 +118,8 @@ def _integrated_gradients_core(
     view = (-1,) + (1,) * len(feature_shape)
     use_channels_last = channels_last and len(feature_shape) == 3
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    # a compiled network runs forward + backward together, so a compiler failure in its lazy backward falls back too
+    run_passes = model.run if isinstance(model, CompiledNetwork) else (lambda passes: passes(model))
     with torch.enable_grad(), autocast:
         for start in range(0, total, max_batch):
             item = torch.arange(start, min(start + max_batch, total), device=device)
@@ -131,10 +133,7 @@ def _integrated_gradients_core(
             if use_channels_last:
                 points = points.contiguous(memory_format=torch.channels_last)
             points.requires_grad_(True)
-            if isinstance(model, CompiledNetwork):  # a compiler failure in the lazy backward falls back too
-                gradients = model.run(lambda module: _input_gradients(module, points, target))
-            else:
-                gradients = _input_gradients(model, points, target)
+            gradients = run_passes(lambda module: _input_gradients(module, points, target))
             attributions.index_add_(0, b, delta.mul_(weights[s].view(view)).mul_(gradients))
     return attributions / (n_inputs * n_refs)
 
