@@ -5,9 +5,11 @@ In one run, on the same classifier and mini-volumes:
 - Captum: ``IntegratedGradients(model).attribute(x_i, 0.0, n_steps=...)`` called per mini-volume, float32
   (Captum batches the ``n_steps`` points of one mini-volume into one pass);
 - the project's ``IntegratedGradientsExplainer`` (one "fill" reference, the same quadrature) folding
-  all mini-volumes x steps into passes of ``max_batch`` items, in six variants: float32 or bfloat16
+  all mini-volumes x steps into passes of ``max_batch`` items, in eight variants: float32 or bfloat16
   autocast, contiguous or channels-last, eager or ``torch.compile`` (``compile=True``; its first run
-  pays the compiling, printed apart, and ``--repeats`` must be at least 2 for the compiled rate);
+  pays the compiling, printed apart, and ``--repeats`` must be at least 2 for the compiled rate),
+  batch norms folded into the convolutions (the explainer's default, ``fold_batchnorm=True``) or
+  not (``*_unfolded``);
 - the largest attribution difference of each variant from Captum (absolute, and relative to Captum's
   largest attribution);
 - this machine's matmul peak (``torch.mm`` of two large square matrices, float32 and bfloat16), the FLOPs
@@ -16,7 +18,8 @@ In one run, on the same classifier and mini-volumes:
 
 The classifier is ``custom.networks.SliceClassifier`` (default ``tf_efficientnetv2_b0``, 7 x 128 x 128,
 the demo scale), randomly initialised; its zero-initialised output layer is given random weights so
-that the attributions are not all zero. Rates and the peak are per CPU-second of this process
+that the attributions are not all zero, and its batch norms trained-looking statistics and affine
+parameters, so that folding them is not close to the identity. Rates and the peak are per CPU-second of this process
 (``time.process_time``) with ``--threads 1`` by default: on a machine shared with other jobs the wall
 time mostly measures their load, the CPU time much less. Each time is the best of ``--repeats - 1``
 interleaved rounds after a first, untimed warm-up round (which pays the compiling of the compiled
@@ -44,21 +47,30 @@ from custom.explain import IntegratedGradientsExplainer
 from custom.io.atomic import write_json_atomic
 from custom.networks import SliceClassifier
 
-VARIANTS = {  # name: (autocast dtype, channels_last, torch.compile)
-    "fp32": (None, False, False),
-    "fp32_channels_last": (None, True, False),
-    "bf16": (torch.bfloat16, False, False),
-    "bf16_channels_last": (torch.bfloat16, True, False),
-    "fp32_compiled": (None, False, True),
-    "bf16_channels_last_compiled": (torch.bfloat16, True, True),
+VARIANTS = {  # name: (autocast dtype, channels_last, torch.compile, batch norms folded)
+    "fp32_unfolded": (None, False, False, False),
+    "fp32": (None, False, False, True),
+    "fp32_channels_last": (None, True, False, True),
+    "bf16": (torch.bfloat16, False, False, True),
+    "bf16_channels_last_unfolded": (torch.bfloat16, True, False, False),
+    "bf16_channels_last": (torch.bfloat16, True, False, True),
+    "fp32_compiled": (None, False, True, True),
+    "bf16_channels_last_compiled": (torch.bfloat16, True, True, True),
 }
 
 
 def make_classifier(model_name: str, feature_stage: int | None, seed: int) -> nn.Module:
-    """The slice classifier with a random (not zero) output layer, in eval mode."""
+    """The slice classifier with a random (not zero) output layer and random batch-norm statistics, in eval mode."""
     torch.manual_seed(seed)
     model = SliceClassifier(model_name=model_name, in_chans=7, feature_stage=feature_stage)
     nn.init.normal_(model.fc.weight, std=1.0 / model.fc.in_features**0.5)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
     return model.eval()
 
 
@@ -137,12 +149,13 @@ def main() -> None:
             [captum.attribute(x[i : i + 1], 0.0, n_steps=args.n_steps, method="gausslegendre") for i in range(len(x))]
         )
     }
-    for name, (dtype, channels_last, compiled) in VARIANTS.items():
+    for name, (dtype, channels_last, compiled, folded) in VARIANTS.items():
         if compiled and not args.compiled:
             continue
         explainer = IntegratedGradientsExplainer(
             copy.deepcopy(model), n_steps=args.n_steps, method="gausslegendre", references=("fill",),
             max_batch=args.max_batch, autocast_dtype=dtype, channels_last=channels_last, compile=compiled,
+            fold_batchnorm=folded,
         )
         functions[name] = lambda explainer=explainer: explainer(x)
     walls, times, results, first_walls = best_times(functions, args.repeats)
@@ -167,13 +180,16 @@ def main() -> None:
             "cpu_seconds": times[name], "wall_seconds": walls[name], "minivolumes_per_cpu_s": rate, "max_abs_difference": difference,
             "max_rel_difference": difference / scale, "peak_fraction": rate * flops / peak,
         }
-        print(f"{name:>20}: {rate:7.3f} mini-volumes/s  {times[name]:7.2f} s CPU ({walls[name]:6.2f} s wall)  max |diff| {difference:.2e} "
+        print(f"{name:>27}: {rate:7.3f} mini-volumes/s  {times[name]:7.2f} s CPU ({walls[name]:6.2f} s wall)  max |diff| {difference:.2e} "
               f"({difference / scale:.1e} of max |attr|)  {100 * rate * flops / peak:5.1f} % of the {('bf16' if name.startswith('bf16') else 'fp32')} matmul peak"
               f"  first run {first_walls[name]:.1f} s wall")
         summary[name]["first_run_wall_seconds"] = first_walls[name]
     best = max((name for name in VARIANTS if name in rates), key=lambda name: rates[name])
     ratios = {
+        "explainer fp32 unfolded / captum fp32": rates["fp32_unfolded"] / rates["captum"],
         "explainer fp32 / captum fp32": rates["fp32"] / rates["captum"],
+        "batch norms folded / unfolded (fp32)": rates["fp32"] / rates["fp32_unfolded"],
+        "batch norms folded / unfolded (bf16 channels_last)": rates["bf16_channels_last"] / rates["bf16_channels_last_unfolded"],
         f"explainer best ({best}) / captum fp32": rates[best] / rates["captum"],
         "channels_last / contiguous (fp32)": rates["fp32_channels_last"] / rates["fp32"],
         "bf16 / fp32 (contiguous)": rates["bf16"] / rates["fp32"],

@@ -138,8 +138,31 @@ def test_teacher_compiles_the_ig_passes_only_when_asked():
     from custom.explain.teacher import IExplainTeacher
 
     model = _classifier()
-    eager = IExplainTeacher(model, high_threshold=1.0, channels_last=False)
+    eager = IExplainTeacher(model, high_threshold=1.0, channels_last=False, fold_batchnorm=False)
     assert eager.explainer.model is model and all(p.requires_grad for p in model.parameters())
-    compiled = IExplainTeacher(model, high_threshold=1.0, channels_last=False, compile=True)
+    compiled = IExplainTeacher(model, high_threshold=1.0, channels_last=False, compile=True, fold_batchnorm=False)
     assert isinstance(compiled.explainer.model, CompiledNetwork) and compiled.explainer.model.network is model
     assert compiled.classifier is model  # forward-only probability passes stay eager
+    folded = IExplainTeacher(model, high_threshold=1.0, channels_last=False, compile=True)
+    network = folded.explainer.network  # the batch norm folded into a copy, which both kinds of pass use
+    assert network is not model and isinstance(network.bn, nn.Identity) and isinstance(model.bn, nn.BatchNorm2d)
+    assert folded.explainer.model.network is network and folded.classifier is network
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="TorchInductor on CPU needs a C++ compiler")
+def test_compiled_bfloat16_slice_classifier_has_finite_input_gradients():
+    # TorchInductor's backward of torch.amax divided by a zero tie count under bfloat16 autocast (NaN
+    # gradients); the slice classifier's max pooling keeps its indices instead
+    from custom.networks import SliceClassifier
+
+    torch.manual_seed(0)
+    model = SliceClassifier("tf_efficientnetv2_b0", in_chans=7, feature_stage=0)
+    nn.init.normal_(model.fc.weight, std=0.3)
+    x = torch.rand(2, 7, 32, 32, generator=torch.Generator().manual_seed(2))
+    settings = dict(n_steps=4, max_batch=8, autocast_dtype=torch.bfloat16, channels_last=False)
+    eager = IntegratedGradientsExplainer(model, **settings)(x)
+    explainer = IntegratedGradientsExplainer(model, compile=True, **settings)
+    compiled = explainer(x)
+    assert explainer.model.is_compiled, explainer.model.fallback_reason
+    assert bool(torch.isfinite(compiled).all()) and float(eager.abs().max()) > 0
+    assert float((compiled - eager).abs().max()) <= 0.1 * float(eager.abs().max())

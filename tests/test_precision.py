@@ -8,7 +8,13 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-from custom.precision import AutocastInferer, as_autocast_dtype, fastest_autocast_dtype, resolve_autocast_dtype
+from custom.precision import (
+    AutocastInferer,
+    as_autocast_dtype,
+    fastest_autocast_dtype,
+    resolve_autocast_dtype,
+    resolve_channels_last,
+)
 
 
 def _recording_resolver(result):
@@ -154,3 +160,56 @@ def test_auto_inferer_really_measures_under_no_grad_for_training_probes():
         out = inferer(torch.randn(2, 1, 8, 8, 4), net)
     assert not inferer.pending and inferer.dtype in (None, torch.bfloat16)
     assert out.dtype == torch.float32 and all(p.grad is None for p in net.parameters())
+
+
+class _LayoutSleeper(torch.nn.Module):
+    """A conv whose forward sleeps longer on contiguous inputs: the decision logic, not this CPU."""
+
+    def __init__(self, contiguous_s: float, channels_last_s: float) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(7, 2, 3)
+        self.seconds = {True: channels_last_s, False: contiguous_s}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        time.sleep(self.seconds[channels_last])
+        return self.conv(x).amax(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("contiguous_s, channels_last_s, expected", [(0.05, 0.01, True), (0.01, 0.05, False), (0.03, 0.03, False)])
+def test_channels_last_auto_keeps_the_clearly_faster_format(contiguous_s, channels_last_s, expected):
+    net = _LayoutSleeper(contiguous_s, channels_last_s)
+    assert resolve_channels_last("auto", net, [2, 7, 8, 8], "cpu", backward=True, repeats=3) is expected
+    assert net.conv.weight.is_contiguous()  # the probe ran on a copy
+
+
+def test_channels_last_settings_are_checked():
+    net = torch.nn.Conv2d(7, 2, 3)
+    assert resolve_channels_last(True, net, [1, 7, 8], "cpu") is True and resolve_channels_last(False, net, [1], "cpu") is False
+    with pytest.raises(ValueError, match="true, false or 'auto'"):
+        resolve_channels_last("yes", net, [1, 7, 8, 8], "cpu")
+    with pytest.raises(ValueError, match="4D"):
+        resolve_channels_last("auto", net, [1, 7, 8, 8, 8], "cpu")
+
+
+def test_teacher_factory_measures_the_memory_format_once_per_grid(monkeypatch):
+    import custom.explain.teacher as teacher_module
+    from custom.explain.teacher import IExplainTeacher
+    from custom.teacher import TeacherFactory
+
+    calls = []
+
+    def fake_resolve(setting, network, input_shape, device, autocast_dtype=None, backward=False, **kwargs):
+        calls.append((setting, tuple(input_shape), autocast_dtype, backward))
+        return input_shape[-1] == 32  # channels-last on the 32 px grid only
+
+    monkeypatch.setattr(teacher_module, "resolve_channels_last", fake_resolve)
+    classifier = torch.nn.Sequential(torch.nn.Conv2d(7, 1, 3), torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten())
+    factory = TeacherFactory(classifier, 1.0, scale_to_grid=False, autocast_dtype="bfloat16", channels_last="auto", max_batch=12)
+    teachers = [factory(32, 32), factory(32, 32), factory(40, 48)]
+    assert calls == [("auto", (12, 7, 32, 32), torch.bfloat16, True), ("auto", (12, 7, 40, 48), torch.bfloat16, True)]
+    assert [t.channels_last for t in teachers] == [True, True, False]
+    assert not classifier[0].weight.is_contiguous(memory_format=torch.channels_last) or classifier[0].weight.is_contiguous()
+    assert factory(32, 32).explainer.network[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="channels_last"):
+        IExplainTeacher(classifier, 1.0, channels_last="fast")

@@ -28,7 +28,7 @@ from custom.explain.filtering import filter_clusters
 from custom.explain.iexplain import STOP_NEGATIVE, iexplain_minivolumes, predict_probabilities
 from custom.explain.integrated_gradients import IntegratedGradientsExplainer
 from custom.io.errors import InputError
-from custom.precision import is_auto, resolve_autocast_dtype
+from custom.precision import is_auto, resolve_autocast_dtype, resolve_channels_last
 
 __all__ = ["IExplainTeacher", "StudyExplanation", "explain_study"]
 
@@ -132,14 +132,19 @@ class IExplainTeacher:
             first study's grid (:meth:`resolve_precision`, ``custom.precision``), bfloat16 only
             where it is clearly faster on this device; see ``IntegratedGradientsExplainer`` for the
             accuracy trade-off.
-        channels_last: channels-last memory format (default on, measured faster and numerically the
-            same; converts the classifier in place).
+        channels_last: channels-last memory format of the passes (numerically the same): ``True``,
+            ``False``, or ``"auto"``: measured once on the first study's grid with the dtype chosen
+            (:meth:`resolve_precision`, ``custom.precision.resolve_channels_last``). Converts the
+            explained network in place (the folded copy, or ``classifier`` when nothing is folded).
         seed: seed of the IG noise.
         device: where to compute (default: the classifier's device).
         compile: run the IG passes through ``torch.compile`` (``custom.compilation``; freezes the
             classifier's parameters; about a minute of compiling per process on the project's CPU,
             then faster passes, see ``benchmarks/bench_teacher.py``). The classifier's forward-only
             passes stay eager.
+        fold_batchnorm: run every pass on a copy of the classifier with its batch norms folded into
+            the convolutions (``custom.networks.batchnorm_folding``; default on: the same function up
+            to float rounding, faster passes). ``classifier`` itself is then left as it is.
 
     Use ``custom.explain.grid_scaling.scale_paper_settings`` for the pixel-unit settings of a grid
     other than 512 x 512.
@@ -169,23 +174,29 @@ class IExplainTeacher:
         max_batch: int = 64,
         windows_per_batch: int = 16,
         autocast_dtype: torch.dtype | str | None = None,
-        channels_last: bool = True,
+        channels_last: bool | str = True,
         seed: int = 0,
         device: torch.device | str | None = None,
         compile: bool = False,
+        fold_batchnorm: bool = True,
     ) -> None:
         if windows_per_batch < 1:
             raise ValueError(f"windows_per_batch must be positive, got {windows_per_batch}")
         if not 0.0 < mask_threshold <= 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1], got {mask_threshold}")
-        self.classifier = classifier.eval()
         self._autocast_pending = is_auto(autocast_dtype)
+        self._channels_last_pending = is_auto(channels_last)
+        if not self._channels_last_pending and not isinstance(channels_last, bool):
+            raise ValueError(f"channels_last must be true, false or 'auto', got {channels_last!r}")
         self.explainer = IntegratedGradientsExplainer(
             classifier, n_steps=n_steps, method=method, references=references, n_noise=n_noise,
             noise_level=noise_level, fill_value=fill_value, value_range=value_range, blur_sigma_px=blur_sigma_px,
             max_batch=max_batch, autocast_dtype=None if self._autocast_pending else autocast_dtype,
-            channels_last=channels_last, seed=seed, compile=compile,
+            channels_last=False if self._channels_last_pending else channels_last, seed=seed, compile=compile,
+            fold_batchnorm=fold_batchnorm,
         )
+        #: the network of the forward-only probability passes: the explained one, eager
+        self.classifier = self.explainer.network.eval()
         self.high_threshold = float(high_threshold)
         self.low_threshold = None if low_threshold is None else float(low_threshold)
         self.clf_threshold = float(clf_threshold)
@@ -214,23 +225,35 @@ class IExplainTeacher:
             "fill_value": self.fill_value,
         }
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether the passes run channels-last (after :meth:`resolve_precision` for ``"auto"``)."""
+        return self.explainer.channels_last
+
     def resolve_precision(self, height: int, width: int) -> torch.dtype | None:
-        """The autocast dtype of every pass; ``"auto"`` is measured here once, on IG batches of this grid.
+        """The autocast dtype and memory format of every pass; ``"auto"`` is measured here once, on IG batches of this grid.
+
+        The dtype is measured first, then the memory format under that dtype.
 
         Args:
             height, width: the slice size of the studies to explain.
 
         Returns:
-            ``None`` (float32) or the autocast dtype, also set on the explainer.
+            ``None`` (float32) or the autocast dtype, also set on the explainer (the memory format is
+            :attr:`channels_last`).
         """
+        shape = (self.max_batch, WINDOW_DEPTH, int(height), int(width))
+        # ranks explain their own studies, so they probe at different times: no broadcast
         if self._autocast_pending:
-            shape = (self.max_batch, WINDOW_DEPTH, int(height), int(width))
-            # ranks explain their own studies, so they probe at different times: no broadcast
             self.autocast_dtype = resolve_autocast_dtype(
                 "auto", self.classifier, shape, self.device, backward=True, agree_across_ranks=False
             )
             self.explainer.autocast_dtype = self.autocast_dtype
             self._autocast_pending = False
+        if self._channels_last_pending:
+            channels_last = resolve_channels_last("auto", self.classifier, shape, self.device, self.autocast_dtype, backward=True)
+            self.explainer.set_channels_last(channels_last)
+            self._channels_last_pending = False
         return self.autocast_dtype
 
     def __call__(self, volume_windowed: np.ndarray | torch.Tensor, study_id: str = "study") -> StudyExplanation:

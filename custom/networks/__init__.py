@@ -1,5 +1,6 @@
 """Networks of the iExplain bundles."""
 
+from custom.networks.batchnorm_folding import fold_batchnorm
 from custom.networks.slice_classifier import SliceClassifier
 
-__all__ = ["SliceClassifier"]
+__all__ = ["SliceClassifier", "fold_batchnorm"]

@@ -78,5 +78,9 @@ class SliceClassifier(nn.Module):
             features = self.backbone(x)
         else:
             feature_map = self.backbone.forward_intermediates(x, indices=(self.feature_stage,), intermediates_only=True)[-1]
-            features = torch.amax(feature_map, dim=(-2, -1))
+            # max pooling with indices, like timm's global_pool="max": TorchInductor's backward of
+            # torch.amax re-derives the argmax by comparing a recomputed (fused, more precise) map with the
+            # bfloat16 maximum, finds no match and divides by a zero count (NaN input gradients under
+            # bfloat16 autocast, torch 2.14.1 CPU); the pooling's saved indices cannot miss
+            features = nn.functional.adaptive_max_pool2d(feature_map, 1).flatten(1)
         return self.fc(self.dropout(features))

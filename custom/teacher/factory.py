@@ -16,6 +16,7 @@ from torch import nn
 
 from custom.explain.grid_scaling import PAPER_IMAGE_SIZE_PX, GridSettings, scale_paper_settings
 from custom.explain.teacher import IExplainTeacher
+from custom.networks.batchnorm_folding import fold_batchnorm
 
 __all__ = ["IG_SETTING_KEYS", "TeacherFactory"]
 
@@ -62,7 +63,8 @@ class TeacherFactory:
         reserved = {"classifier", "low_threshold"} & set(teacher_settings)
         if reserved:
             raise ValueError(f"{sorted(reserved)} cannot be set: the classifier is given, the low threshold is half the high one")
-        self.classifier = classifier
+        # folded once here, so every grid's teacher explains (and compiles) the same network
+        self.classifier = fold_batchnorm(classifier) if teacher_settings.get("fold_batchnorm", True) else classifier
         self.high_threshold = None if high_threshold is None else float(high_threshold)
         self.paper_settings = GridSettings(
             neighbourhood=tuple(int(n) for n in neighbourhood),  # type: ignore[arg-type]
@@ -74,7 +76,7 @@ class TeacherFactory:
         self.paper_size_px = int(paper_size_px)
         self.scale_to_grid = bool(scale_to_grid)
         self.teacher_settings = dict(teacher_settings)
-        self._autocast_by_grid: dict[tuple[int, int], Any] = {}  # "auto" measured once per grid
+        self._precision_by_grid: dict[tuple[int, int], tuple[Any, bool]] = {}  # "auto" measured once per grid
         self._explain_network: nn.Module | None = None
 
     @property
@@ -113,8 +115,8 @@ class TeacherFactory:
         grid = self.grid_settings(height, width)
         settings = dict(self.teacher_settings)
         grid_key = (int(height), int(width))
-        if grid_key in self._autocast_by_grid:
-            settings["autocast_dtype"] = self._autocast_by_grid[grid_key]
+        if grid_key in self._precision_by_grid:
+            settings["autocast_dtype"], settings["channels_last"] = self._precision_by_grid[grid_key]
         teacher = IExplainTeacher(
             self.classifier,
             threshold,
@@ -125,8 +127,8 @@ class TeacherFactory:
             blur_sigma_px=grid.blur_sigma_px,
             **settings,
         )
-        # autocast_dtype "auto" is measured on the first teacher of each grid and reused after
-        self._autocast_by_grid[grid_key] = teacher.resolve_precision(height, width)
+        # autocast_dtype and channels_last "auto" are measured on the first teacher of each grid and reused after
+        self._precision_by_grid[grid_key] = (teacher.resolve_precision(height, width), teacher.channels_last)
         # with compile=True, holding the compiled classifier keeps it cached for the next studies' teachers
         self._explain_network = teacher.explainer.model
         return teacher
