@@ -6,7 +6,9 @@ In one run, on the same classifier and the same synthetic study (demo size, 96 x
   of ``bundles/iexplain_teacher/configs/demo.json`` (8 IG steps, one "fill" reference, no SmoothGrad
   noise, ``max_batch`` 16, ``windows_per_batch`` 1) and the paper's settings scaled to the grid: one
   batched forward pass over every slice's window, then Algorithm 1 on the positive windows with IG
-  folded into passes of ``max_batch`` items; in float32 (the demo config) and with bfloat16 autocast;
+  folded into passes of ``max_batch`` items; in float32 (the demo config) and with bfloat16 autocast,
+  the classifier's batch norms folded into its convolutions (the teacher's default) and the memory
+  format given by ``--channels_last`` (default ``auto``: measured per teacher, as the bundle does);
 - **captum**: the straightforward implementation: one classifier forward pass per slice; for each
   positive window, for each round, ``captum.attr.IntegratedGradients(model).attribute(window,
   baselines=fill, n_steps, method)`` (Captum batches the steps of one window), the same hysteresis
@@ -155,8 +157,8 @@ def main() -> None:
     parser.add_argument("--positive_fraction", type=float, default=0.25, help="untrained classifier: fraction of windows explained")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out_json", default=None)
-    parser.add_argument("--channels_last", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
-                        help="the teacher's memory format (the bundle's default on CPU: False)")
+    parser.add_argument("--channels_last", type=lambda v: "auto" if v.lower() == "auto" else v.lower() in ("1", "true", "yes"), default="auto",
+                        help="memory format of the project teacher's passes: true, false or auto (measured per teacher, the bundle's default)")
     parser.add_argument("--classifier_models", default=str(DEMO_CLASSIFIER),
                         help="folder with model.pt (and threshold.json) of a b0 stage-2 classifier, e.g. a demo run's W/classifier/models")
     parser.add_argument("--compiled", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
@@ -216,7 +218,7 @@ def main() -> None:
     print(f"settings: n_steps {args.n_steps} ({args.method}), 1 reference (fill), no noise, max_rounds {args.max_rounds}, "
           f"neighbourhood {reference.neighbourhood}, min_voxels {reference.min_voxels}, filters {reference.min_cluster_voxels} voxels / "
           f"{reference.max_center_distance_px:.0f} px, max_batch {args.max_batch}, windows_per_batch {args.windows_per_batch}, "
-          f"channels_last {args.channels_last}, threads {torch.get_num_threads()}, best of {args.repeats}")
+          f"channels_last {args.channels_last} ({', '.join(f'{name}: {teacher.channels_last}' for name, teacher in teachers.items())}), threads {torch.get_num_threads()}, best of {args.repeats}")
     print(f"work: {positive_windows} positive windows of {volume.shape[0]}, {window_rounds} window-rounds of IG ({window_rounds * args.n_steps} IG passes)")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (other jobs share this CPU)")
     for name, seconds in compile_seconds.items():
