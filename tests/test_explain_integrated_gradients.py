@@ -178,3 +178,28 @@ def test_quadrature_and_argument_errors(model, inputs):
         IntegratedGradientsExplainer(model, references=("zeros",))
     with pytest.raises(ValueError, match="B, C, H, W"):
         IntegratedGradientsExplainer(model)(inputs[0])
+
+
+def test_item_blocks_cover_each_item_once_in_order():
+    from custom.explain.integrated_gradients import _item_blocks
+
+    # 2 pairs x 3 steps x 2 mini-volumes = 12 items; a chunk of 5 from item 1
+    assert _item_blocks(1, 6, batch=2, n_steps=3) == [(0, 0, 1, 1, 2), (0, 1, 3, 0, 2)]
+    assert _item_blocks(6, 8, batch=2, n_steps=3) == [(1, 0, 1, 0, 2)]  # a new pair starts a new block
+    assert _item_blocks(0, 6, batch=1, n_steps=6) == [(0, 0, 6, 0, 1)]  # one window: all its steps in one block
+    for batch, n_steps, chunk in ((3, 4, 5), (1, 5, 2), (4, 2, 16)):
+        total = 3 * n_steps * batch
+        items = []
+        for start in range(0, total, chunk):
+            for pair, s0, s1, b0, b1 in _item_blocks(start, min(start + chunk, total), batch, n_steps):
+                items += [(pair * n_steps + s) * batch + b for s in range(s0, s1) for b in range(b0, b1)]
+        assert items == list(range(total))
+
+
+def test_several_references_and_noise_independent_of_max_batch(model, inputs):
+    results = [
+        IntegratedGradientsExplainer(model, n_steps=5, references=("fill", "blur"), n_noise=2, max_batch=b, channels_last=False)(inputs)
+        for b in (1, 4, 7, 1000)
+    ]
+    for result in results[1:]:
+        assert torch.allclose(result, results[0], rtol=1e-5, atol=1e-7)

@@ -16,8 +16,9 @@ Speed: every (interpolation point, reference, noise sample, mini-volume) is one 
 single flat batch that is cut into chunks of ``max_batch`` items, so each forward/backward pass is
 as large as the memory budget allows, whatever the number of steps or mini-volumes (there is no
 Python loop per step). Each chunk's points are written from the ``(N, B, ...)`` inputs and
-``(R, B, ...)`` references straight into one buffer in the pass dtype and memory format, so memory
-stays ``O((N + R) B + max_batch)`` mini-volumes and no full-size copy is made on the way.
+``(R, B, ...)`` references straight into one buffer in the pass dtype and memory format, a block of
+steps at a time, so memory stays ``O((N + R) B + max_batch)`` mini-volumes and no full-size copy is
+made on the way.
 
 References (``reference_images``), the five baselines compared by Sturmfels et al. 2020 (the paper's
 ref. [54], which it cites for multi-reference IG):
@@ -97,12 +98,22 @@ def _input_gradients(model: nn.Module, points: torch.Tensor, target: int, item_w
     return gradients
 
 
-def _item_runs(start: int, stop: int, batch: int) -> list[tuple[int, int, int]]:
-    """The flat items ``[start, stop)`` as runs ``(group, b0, b1)``: items ``group * batch + b`` for ``b0 <= b < b1``."""
-    return [
-        (group, max(start - group * batch, 0), min(stop - group * batch, batch))
-        for group in range(start // batch, (stop - 1) // batch + 1)
-    ]
+def _item_blocks(start: int, stop: int, batch: int, n_steps: int) -> list[tuple[int, int, int, int, int]]:
+    """The flat items ``[start, stop)`` as blocks ``(pair, s0, s1, b0, b1)``: steps ``s0 <= s < s1`` of
+    mini-volumes ``b0 <= b < b1`` of one (reference, input) ``pair``, in item order.
+
+    Items are numbered ``(pair * n_steps + s) * batch + b``: consecutive runs of ``b`` with the same
+    ``pair`` and range differ only in their step, so they form one block.
+    """
+    blocks: list[tuple[int, int, int, int, int]] = []
+    for group in range(start // batch, (stop - 1) // batch + 1):
+        b0, b1 = max(start - group * batch, 0), min(stop - group * batch, batch)
+        pair, s = divmod(group, n_steps)
+        if blocks and blocks[-1][0] == pair and blocks[-1][2] == s and blocks[-1][3:] == (b0, b1):
+            blocks[-1] = (pair, blocks[-1][1], s + 1, b0, b1)
+        else:
+            blocks.append((pair, s, s + 1, b0, b1))
+    return blocks
 
 
 def _integrated_gradients_core(
@@ -118,18 +129,21 @@ def _integrated_gradients_core(
 ) -> torch.Tensor:
     """Mean IG over ``N`` inputs ``(N, B, ...)`` and ``R`` references ``(R, B, ...)``: ``(B, ...)`` float32.
 
-    The flat item index is ``((s * R + r) * N + n) * B + b``. A chunk of ``max_batch`` consecutive
-    items is a few runs of consecutive ``b`` with one ``(s, r, n)`` each; each run's points are written
-    straight into one buffer in the pass dtype and memory format (``x' + a_s (x - x')``, one kernel per
-    run, no gathered copies), and its share of the gradient is added to the attributions in place.
+    The flat item index is ``((r * N + n) * S + s) * B + b`` (``S`` steps): a chunk of ``max_batch``
+    consecutive items is a few blocks of steps ``s0..s1`` x mini-volumes ``b0..b1`` of one
+    (reference, input) pair. A block's points ``x' + a_s (x - x')`` are written with one broadcast
+    kernel straight into the chunk's buffer, in the pass dtype and memory format, from the pair's
+    difference ``x - x'`` (computed once per pair); its gradients are summed over the steps in float32
+    and added to the attributions with one kernel.
     """
     n_inputs, batch = inputs.shape[:2]
     n_refs = references.shape[0]
     feature_shape = inputs.shape[2:]
     device = inputs.device
-    alpha_values = [float(a) for a in alphas]
-    weight_values = [float(w) for w in weights]
-    total = len(alpha_values) * n_refs * n_inputs * batch
+    n_steps = alphas.numel()
+    alphas = alphas.to(device=device, dtype=torch.float32)
+    weights = weights.to(device=device, dtype=torch.float32)
+    total = n_refs * n_inputs * n_steps * batch
     attributions = torch.zeros((batch, *feature_shape), dtype=torch.float32, device=device)
     memory_format = torch.channels_last if channels_last and len(feature_shape) == 3 else torch.contiguous_format
     # under autocast the first layer would cast the points anyway: writing them in that dtype saves a copy
@@ -137,25 +151,30 @@ def _integrated_gradients_core(
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     # a compiled network runs forward + backward together, so a compiler failure in its lazy backward falls back too
     run_passes = model.run if isinstance(model, CompiledNetwork) else (lambda passes: passes(model))
+    step_view = (-1, 1) + (1,) * len(feature_shape)
+    pair_index, delta = -1, inputs[0]
     with torch.enable_grad(), autocast:
         for start in range(0, total, max_batch):
             stop = min(start + max_batch, total)
             points = torch.empty((stop - start, *feature_shape), dtype=points_dtype, device=device, memory_format=memory_format)
-            runs, item_weights, offset = [], [], 0
-            for group, b0, b1 in _item_runs(start, stop, batch):
-                s, rest = divmod(group, n_refs * n_inputs)
-                r, n = divmod(rest, n_inputs)
-                begin = references[r, b0:b1]
-                delta = inputs[n, b0:b1] - begin
-                torch.add(begin, delta, alpha=alpha_values[s], out=points[offset : offset + b1 - b0])
-                runs.append((b0, b1, offset, delta))
-                item_weights += [weight_values[s]] * (b1 - b0)
-                offset += b1 - b0
+            seeds = torch.empty(stop - start, dtype=torch.float32, device=device)
+            blocks, offset = [], 0
+            for pair, s0, s1, b0, b1 in _item_blocks(start, stop, batch, n_steps):
+                r, n = divmod(pair, n_inputs)
+                if pair != pair_index:  # pairs come in order: one difference tensor alive at a time
+                    pair_index, delta = pair, inputs[n] - references[r]
+                size = (s1 - s0) * (b1 - b0)
+                block = points[offset : offset + size].view(s1 - s0, b1 - b0, *feature_shape)
+                torch.addcmul(references[r, b0:b1], alphas[s0:s1].view(step_view), delta[b0:b1], out=block)
+                seeds[offset : offset + size] = weights[s0:s1].repeat_interleave(b1 - b0)
+                blocks.append((s1 - s0, b0, b1, offset, delta))
+                offset += size
             points.requires_grad_(True)
-            seeds = torch.tensor(item_weights, dtype=torch.float32, device=device)
             gradients = run_passes(lambda module: _input_gradients(module, points, target, seeds))
-            for b0, b1, offset, delta in runs:
-                attributions[b0:b1].addcmul_(delta, gradients[offset : offset + b1 - b0])
+            for steps, b0, b1, offset, block_delta in blocks:
+                block_gradients = gradients[offset : offset + steps * (b1 - b0)].reshape(steps, b1 - b0, *feature_shape)
+                summed = block_gradients[0].float() if steps == 1 else block_gradients.sum(0, dtype=torch.float32)
+                attributions[b0:b1].addcmul_(block_delta[b0:b1], summed)
     return attributions.div_(n_inputs * n_refs)
 
 
