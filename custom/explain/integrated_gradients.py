@@ -16,9 +16,10 @@ Speed: every (interpolation point, reference, noise sample, mini-volume) is one 
 single flat batch that is cut into chunks of ``max_batch`` items, so each forward/backward pass is
 as large as the memory budget allows, whatever the number of steps or mini-volumes (there is no
 Python loop per step). Each chunk's points are written from the ``(N, B, ...)`` inputs and
-``(R, B, ...)`` references straight into one buffer in the pass dtype and memory format, a block of
-steps at a time, so memory stays ``O((N + R) B + max_batch)`` mini-volumes and no full-size copy is
-made on the way.
+``(R, B, ...)`` references straight into one buffer in the pass dtype, a block of steps at a time,
+so memory stays ``O((N + R) B + max_batch)`` mini-volumes and no full-size copy is made on the way.
+The points stay contiguous also for a channels-last network: its first convolution changes the
+layout of the 7-channel input faster than a separate PyTorch copy would.
 
 References (``reference_images``), the five baselines compared by Sturmfels et al. 2020 (the paper's
 ref. [54], which it cites for multi-reference IG):
@@ -125,16 +126,16 @@ def _integrated_gradients_core(
     target: int,
     max_batch: int,
     autocast_dtype: torch.dtype | None,
-    channels_last: bool,
 ) -> torch.Tensor:
     """Mean IG over ``N`` inputs ``(N, B, ...)`` and ``R`` references ``(R, B, ...)``: ``(B, ...)`` float32.
 
     The flat item index is ``((r * N + n) * S + s) * B + b`` (``S`` steps): a chunk of ``max_batch``
     consecutive items is a few blocks of steps ``s0..s1`` x mini-volumes ``b0..b1`` of one
     (reference, input) pair. A block's points ``x' + a_s (x - x')`` are written with one broadcast
-    kernel straight into the chunk's buffer, in the pass dtype and memory format, from the pair's
-    difference ``x - x'`` (computed once per pair); its gradients are summed over the steps in float32
-    and added to the attributions with one kernel.
+    kernel straight into the chunk's contiguous buffer in the pass dtype, from the pair's reference and
+    difference ``x - x'`` (computed, and cast to that dtype, once per pair); each step's gradients are
+    added to the float32 attributions in place (``(x - x') * w_s * grad``, the weight ``w_s`` seeded
+    into the backward pass).
     """
     n_inputs, batch = inputs.shape[:2]
     n_refs = references.shape[0]
@@ -145,36 +146,40 @@ def _integrated_gradients_core(
     weights = weights.to(device=device, dtype=torch.float32)
     total = n_refs * n_inputs * n_steps * batch
     attributions = torch.zeros((batch, *feature_shape), dtype=torch.float32, device=device)
-    memory_format = torch.channels_last if channels_last and len(feature_shape) == 3 else torch.contiguous_format
     # under autocast the first layer would cast the points anyway: writing them in that dtype saves a copy
     points_dtype = autocast_dtype if autocast_dtype is not None else torch.float32
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     # a compiled network runs forward + backward together, so a compiler failure in its lazy backward falls back too
     run_passes = model.run if isinstance(model, CompiledNetwork) else (lambda passes: passes(model))
     step_view = (-1, 1) + (1,) * len(feature_shape)
-    pair_index, delta = -1, inputs[0]
+    pass_alphas = alphas.to(points_dtype)
+    pair_index = -1
     with torch.enable_grad(), autocast:
         for start in range(0, total, max_batch):
             stop = min(start + max_batch, total)
-            points = torch.empty((stop - start, *feature_shape), dtype=points_dtype, device=device, memory_format=memory_format)
+            # contiguous points: for a channels-last network the first convolution changes the layout
+            # itself, faster than a PyTorch copy of the 7-channel points would
+            points = torch.empty((stop - start, *feature_shape), dtype=points_dtype, device=device)
             seeds = torch.empty(stop - start, dtype=torch.float32, device=device)
             blocks, offset = [], 0
             for pair, s0, s1, b0, b1 in _item_blocks(start, stop, batch, n_steps):
-                r, n = divmod(pair, n_inputs)
-                if pair != pair_index:  # pairs come in order: one difference tensor alive at a time
+                if pair != pair_index:  # pairs come in order: one pair's tensors alive at a time
+                    r, n = divmod(pair, n_inputs)
                     pair_index, delta = pair, inputs[n] - references[r]
+                    # in the pass dtype once per pair, so that writing each block is one same-dtype kernel
+                    pass_begin, pass_delta = references[r].to(points_dtype), delta.to(points_dtype)
                 size = (s1 - s0) * (b1 - b0)
                 block = points[offset : offset + size].view(s1 - s0, b1 - b0, *feature_shape)
-                torch.addcmul(references[r, b0:b1], alphas[s0:s1].view(step_view), delta[b0:b1], out=block)
+                torch.addcmul(pass_begin[b0:b1], pass_alphas[s0:s1].view(step_view), pass_delta[b0:b1], out=block)
                 seeds[offset : offset + size] = weights[s0:s1].repeat_interleave(b1 - b0)
                 blocks.append((s1 - s0, b0, b1, offset, delta))
                 offset += size
             points.requires_grad_(True)
             gradients = run_passes(lambda module: _input_gradients(module, points, target, seeds))
             for steps, b0, b1, offset, block_delta in blocks:
-                block_gradients = gradients[offset : offset + steps * (b1 - b0)].reshape(steps, b1 - b0, *feature_shape)
-                summed = block_gradients[0].float() if steps == 1 else block_gradients.sum(0, dtype=torch.float32)
-                attributions[b0:b1].addcmul_(block_delta[b0:b1], summed)
+                for step in range(steps):  # in-place accumulation reads the (bfloat16) gradients as they are
+                    first = offset + step * (b1 - b0)
+                    attributions[b0:b1].addcmul_(block_delta[b0:b1], gradients[first : first + b1 - b0])
     return attributions.div_(n_inputs * n_refs)
 
 
@@ -187,7 +192,6 @@ def integrated_gradients(
     target: int = 0,
     max_batch: int = 64,
     autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
 ) -> torch.Tensor:
     """Integrated Gradients of a classifier logit, averaged over references, in large batches.
 
@@ -204,7 +208,6 @@ def integrated_gradients(
         target: index of the logit to explain.
         max_batch: items per forward/backward pass (the memory budget).
         autocast_dtype: ``None`` (float32) or e.g. ``torch.bfloat16`` for autocast of the passes.
-        channels_last: feed 4D points in channels-last memory format (convert the model too).
 
     Returns:
         Attributions, float32, shape of ``inputs``.
@@ -221,7 +224,7 @@ def integrated_gradients(
         raise ValueError(f"references of shape {tuple(refs.shape)} do not match inputs {tuple(inputs.shape)}")
     alphas, weights = quadrature(n_steps, method)
     return _integrated_gradients_core(
-        model, inputs.unsqueeze(0), refs, alphas, weights, target, max_batch, autocast_dtype, channels_last
+        model, inputs.unsqueeze(0), refs, alphas, weights, target, max_batch, autocast_dtype
     )
 
 
@@ -392,5 +395,5 @@ class IntegratedGradientsExplainer:
             noisy = inputs.unsqueeze(0)
         return _integrated_gradients_core(
             self.model, noisy, references, self.alphas, self.weights, self.target,
-            self.max_batch, self.autocast_dtype, self.channels_last,
+            self.max_batch, self.autocast_dtype,
         )
