@@ -305,7 +305,7 @@ class IntegratedGradientsExplainer:
         fold_batchnorm: explain a copy of ``model`` whose eval-mode batch norms are folded into the
             convolutions before them (``custom.networks.batchnorm_folding``; default on: the same
             function up to float rounding, checked on an example input, and faster passes: 1.1x in
-            bfloat16, 1.4x in float32 on the project's CPU in ``benchmarks/bench_ig.py``).
+            float32 and in bfloat16 on the project's CPU in ``benchmarks/bench_ig.py``).
         target: logit index to explain.
         seed: seed of the noise and random references; each call restarts it, so a call is reproducible.
         compile: run the passes through ``torch.compile`` (``custom.compilation.compile_frozen``:

@@ -8,7 +8,7 @@ The network computes the same function up to float rounding, but each forward *a
 skips one memory pass per batch norm. The iExplain teacher runs thousands of forward and
 input-gradient passes of the frozen classifier per study (paper 3.2), and eager PyTorch on a CPU
 spends a sizeable part of an EfficientNetV2 pass in its batch norms: on the project's CPU folding
-made an IG pass of the demo classifier about 1.1x faster in bfloat16 and 1.4x in float32
+made an IG pass of the demo classifier 1.09-1.12x faster, in float32 and in bfloat16
 (``benchmarks/bench_ig.py`` prints the ratio of the run at hand).
 
 The pairs are found by running the network once on an example input with hooks: a batch norm is
