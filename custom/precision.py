@@ -217,9 +217,10 @@ def resolve_channels_last(
     """A config's ``channels_last``: ``"auto"`` is measured on this device, a boolean is taken as given.
 
     For ``"auto"`` a copy of ``network`` runs forward (and backward to its input when ``backward``,
-    as Integrated Gradients does) on a random 4D batch of ``input_shape`` under ``autocast_dtype``,
-    once with the network and the batch contiguous and once both channels-last, interleaved, best of
-    ``repeats`` after a warm-up call each; the network itself is not touched.
+    as Integrated Gradients does) on a random contiguous 4D batch of ``input_shape`` under
+    ``autocast_dtype``, once with the network's weights contiguous and once channels-last (the
+    explainer feeds contiguous points either way: the first convolution changes the layout),
+    interleaved, best of ``repeats`` after a warm-up call each; the network itself is not touched.
 
     Args:
         setting: ``True``, ``False`` or ``"auto"``.
@@ -252,7 +253,7 @@ def resolve_channels_last(
 
     def call(name: str) -> float:
         model.to(memory_format=formats[name])
-        batch = inputs.contiguous(memory_format=formats[name]).requires_grad_(backward)
+        batch = inputs.detach().requires_grad_(backward)
         _synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):

@@ -203,3 +203,16 @@ def test_several_references_and_noise_independent_of_max_batch(model, inputs):
     ]
     for result in results[1:]:
         assert torch.allclose(result, results[0], rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_independent_of_max_batch_and_float16_refused(model, inputs):
+    explain = lambda b: IntegratedGradientsExplainer(  # noqa: E731
+        model, n_steps=5, references=("fill", "blur"), max_batch=b, autocast_dtype="bfloat16", channels_last=False
+    )(inputs)
+    results = [explain(b) for b in (3, 10, 1000)]  # partial blocks at chunk edges, whole steps, everything at once
+    for result in results[1:]:
+        assert torch.allclose(result, results[0], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="float16"):
+        IntegratedGradientsExplainer(model, autocast_dtype="float16")
+    with pytest.raises(ValueError, match="float16"):
+        integrated_gradients(model, inputs, 0.0, n_steps=4, autocast_dtype=torch.float16)

@@ -46,7 +46,6 @@ def test_folds_every_batchnorm_of_the_slice_classifier_and_keeps_the_function():
         expected, actual = model(x), folded(x)
     assert torch.allclose(actual, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
     # the IG of the folded network agrees with the IG of the original (completeness holds for both)
-    x.requires_grad_(False)
     reference = integrated_gradients(model, x, 0.0, n_steps=8)
     attributions = IntegratedGradientsExplainer(model, n_steps=8, channels_last=False)(x)
     assert torch.allclose(attributions, reference, rtol=1e-3, atol=1e-4 * float(reference.abs().max()))
@@ -97,3 +96,31 @@ def test_networks_without_batchnorm_are_returned_as_they_are():
     with pytest.raises(ValueError, match="no convolution"):
         example_input(nn.Linear(3, 1))
     assert example_input(nn.Conv3d(2, 1, 3), size=8).shape == (1, 2, 8, 8, 8)
+
+
+def test_folding_failures_fall_back_to_the_network(caplog: pytest.LogCaptureFixture):
+    class TupleOutput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+            return self.norm(self.conv(x)), 1
+
+    unreadable = nn.Sequential(nn.Linear(3, 4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))  # the first conv does not read the input
+    with caplog.at_level(logging.WARNING, logger="custom.networks.batchnorm_folding"):
+        assert fold_batchnorm(unreadable) is unreadable
+        tuple_output = _randomise_batchnorms(TupleOutput())
+        assert fold_batchnorm(tuple_output) is tuple_output
+    assert "example pass failed" in caplog.text and "not one output tensor" in caplog.text
+
+
+def test_the_factory_folds_once_and_its_teachers_share_the_folded_network():
+    from custom.teacher import TeacherFactory
+
+    classifier = _randomise_batchnorms(nn.Sequential(nn.Conv2d(7, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4, 1)))
+    factory = TeacherFactory(classifier, 1.0, scale_to_grid=False)
+    first, second = factory(32, 32), factory(40, 40)
+    assert factory.classifier is not classifier and isinstance(factory.classifier[1], nn.Identity)
+    assert first.explainer.network is factory.classifier and second.explainer.network is factory.classifier
+    assert first.classifier is factory.classifier and isinstance(classifier[1], nn.BatchNorm2d)

@@ -15,7 +15,7 @@ averages IG over several references and over SmoothGrad noise samples (Smilkov e
 Speed: every (interpolation point, reference, noise sample, mini-volume) is one independent item of a
 single flat batch that is cut into chunks of ``max_batch`` items, so each forward/backward pass is
 as large as the memory budget allows, whatever the number of steps or mini-volumes (there is no
-Python loop per step). Each chunk's points are written from the ``(N, B, ...)`` inputs and
+Python loop of passes per step). Each chunk's points are written from the ``(N, B, ...)`` inputs and
 ``(R, B, ...)`` references straight into one buffer in the pass dtype, a block of steps at a time,
 so memory stays ``O((N + R) B + max_batch)`` mini-volumes and no full-size copy is made on the way.
 The points stay contiguous also for a channels-last network: its first convolution changes the
@@ -99,6 +99,18 @@ def _input_gradients(model: nn.Module, points: torch.Tensor, target: int, item_w
     return gradients
 
 
+def _ig_autocast_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    """``dtype`` if the IG passes can run under it: float32 (``None``) or bfloat16.
+
+    Raises:
+        ValueError: float16, whose 5 exponent bits let the weighted input gradients (quadrature
+            weights down to about 1e-3 seed the backward pass) underflow; bfloat16 has float32's range.
+    """
+    if dtype == torch.float16:
+        raise ValueError("Integrated Gradients in float16 can underflow; use bfloat16 or float32 (autocast_dtype)")
+    return dtype
+
+
 def _item_blocks(start: int, stop: int, batch: int, n_steps: int) -> list[tuple[int, int, int, int, int]]:
     """The flat items ``[start, stop)`` as blocks ``(pair, s0, s1, b0, b1)``: steps ``s0 <= s < s1`` of
     mini-volumes ``b0 <= b < b1`` of one (reference, input) ``pair``, in item order.
@@ -137,6 +149,7 @@ def _integrated_gradients_core(
     added to the float32 attributions in place (``(x - x') * w_s * grad``, the weight ``w_s`` seeded
     into the backward pass).
     """
+    _ig_autocast_dtype(autocast_dtype)
     n_inputs, batch = inputs.shape[:2]
     n_refs = references.shape[0]
     feature_shape = inputs.shape[2:]
@@ -163,7 +176,7 @@ def _integrated_gradients_core(
             seeds = torch.empty(stop - start, dtype=torch.float32, device=device)
             blocks, offset = [], 0
             for pair, s0, s1, b0, b1 in _item_blocks(start, stop, batch, n_steps):
-                if pair != pair_index:  # pairs come in order: one pair's tensors alive at a time
+                if pair != pair_index:  # pairs come in order: only the chunk's pairs are alive at a time
                     r, n = divmod(pair, n_inputs)
                     pair_index, delta = pair, inputs[n] - references[r]
                     # in the pass dtype once per pair, so that writing each block is one same-dtype kernel
@@ -309,8 +322,9 @@ class IntegratedGradientsExplainer:
         target: logit index to explain.
         seed: seed of the noise and random references; each call restarts it, so a call is reproducible.
         compile: run the passes through ``torch.compile`` (``custom.compilation.compile_frozen``:
-            freezes ``model``'s parameters, falls back to eager if compiling fails). Numerically the
-            same as eager (up to float rounding), about one minute of compiling per process first.
+            freezes the parameters of ``network``, the folded copy or ``model`` itself; falls back to
+            eager if compiling fails). Numerically the same as eager (up to float rounding), up to
+            about a minute of compiling per process first; little gain once batch norms are folded.
     """
 
     def __init__(
@@ -358,7 +372,7 @@ class IntegratedGradientsExplainer:
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.blur_sigma_px = float(blur_sigma_px)
         self.max_batch = max_batch
-        self.autocast_dtype = as_autocast_dtype(autocast_dtype)
+        self.autocast_dtype = _ig_autocast_dtype(as_autocast_dtype(autocast_dtype))
         self.channels_last = False
         self.target = target
         self.seed = seed

@@ -139,9 +139,9 @@ class IExplainTeacher:
         seed: seed of the IG noise.
         device: where to compute (default: the classifier's device).
         compile: run the IG passes through ``torch.compile`` (``custom.compilation``; freezes the
-            classifier's parameters; about a minute of compiling per process on the project's CPU,
-            then faster passes, see ``benchmarks/bench_teacher.py``). The classifier's forward-only
-            passes stay eager.
+            parameters of the explained network, the folded copy or ``classifier`` itself; up to about
+            a minute of compiling per process on the project's CPU; with batch norms folded it gained
+            little there, see ``benchmarks/bench_teacher.py``). The forward-only passes stay eager.
         fold_batchnorm: run every pass on a copy of the classifier with its batch norms folded into
             the convolutions (``custom.networks.batchnorm_folding``; default on: the same function up
             to float rounding, faster passes). ``classifier`` itself is then left as it is.

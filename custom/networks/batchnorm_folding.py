@@ -97,6 +97,28 @@ def _find_pairs(network: nn.Module, example: torch.Tensor) -> list[tuple[_ConvNd
     return unique
 
 
+def _output_difference(network: nn.Module, folded: nn.Module, example: torch.Tensor) -> tuple[float, float]:
+    """Largest output difference of the two networks on ``example``, and the largest output magnitude.
+
+    Computed without TF32 (on by default for cuDNN convolutions), whose rounding of the two sets of
+    weights would differ by more than the folding itself; ``inf`` when an output is not one tensor.
+    """
+    cuda_matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        cudnn = torch.backends.cudnn
+        no_tf32 = cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False)
+        with torch.no_grad(), no_tf32:
+            expected, actual = network(example), folded(example)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = cuda_matmul_tf32
+    if not isinstance(expected, torch.Tensor) or not isinstance(actual, torch.Tensor) or expected.shape != actual.shape:
+        return float("inf"), 0.0
+    if expected.numel() == 0:
+        return 0.0, 0.0
+    return float((actual.float() - expected.float()).abs().max()), float(expected.float().abs().max())
+
+
 def _replacement(norm: _BatchNorm) -> nn.Module | None:
     """What remains of ``norm`` once folded: nothing, or timm's dropout + activation; ``None``: unknown kind."""
     if type(norm) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
@@ -113,18 +135,23 @@ def fold_batchnorm(network: nn.Module, example: torch.Tensor | None = None, rtol
         network: the network (e.g. the stage-1 slice classifier); it is not modified.
         example: an input batch to find the pairs and check the result with (default:
             :func:`example_input`).
-        rtol: the largest accepted output difference, relative to the largest output magnitude.
+        rtol: the largest accepted output difference, relative to the largest output magnitude (or to
+            1 when that is smaller).
 
     Returns:
         The folded copy, in eval mode; ``network`` itself (put in eval mode) when there is nothing to
-        fold or when the check fails (logged as a warning).
+        fold, or when the example pass or the check fails (logged as a warning).
     """
     network.eval()
     if not any(isinstance(module, _BatchNorm) for module in network.modules()):
         return network  # nothing to fold: no example pass
-    if example is None:
-        example = example_input(network)
-    pairs = [(conv, norm) for conv, norm in _find_pairs(network, example) if norm.running_mean is not None]
+    try:
+        if example is None:
+            example = example_input(network)
+        pairs = [(conv, norm) for conv, norm in _find_pairs(network, example) if norm.running_mean is not None]
+    except Exception as error:  # an example the network cannot read: folding is only a speed-up
+        logger.warning("batch-norm folding of %s skipped: the example pass failed (%s)", type(network).__name__, error)
+        return network
     pairs = [(conv, norm) for conv, norm in pairs if _replacement(norm) is not None]
     if not pairs:
         return network
@@ -140,13 +167,10 @@ def fold_batchnorm(network: nn.Module, example: torch.Tensor | None = None, rtol
         conv_copy.weight, conv_copy.bias = weight, bias
         parent_name, _, child_name = index[id(norm)].rpartition(".")
         setattr(modules[parent_name] if parent_name else folded, child_name, _replacement(norm_copy))
-    with torch.no_grad():
-        expected, actual = network(example), folded(example)
-    scale = float(expected.abs().max()) if expected.numel() else 0.0
-    difference = float((actual - expected).abs().max()) if expected.numel() else 0.0
-    if not difference <= rtol * max(scale, 1e-6):
+    difference, scale = _output_difference(network, folded, example)
+    if not difference <= rtol * max(scale, 1.0):
         logger.warning(
-            "batch-norm folding of %s changed its output by %.3g (largest output %.3g); using the network unfolded",
+            "batch-norm folding of %s changed its output by %.3g (largest output %.3g; inf: not one output tensor); using the network unfolded",
             type(network).__name__, difference, scale,
         )
         return network

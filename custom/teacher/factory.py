@@ -114,6 +114,7 @@ class TeacherFactory:
             raise ValueError("no high threshold: calibrate it (configs/calibrate.json) or set high_threshold")
         grid = self.grid_settings(height, width)
         settings = dict(self.teacher_settings)
+        settings["fold_batchnorm"] = False  # folded once in __init__ (when asked): no example pass per study
         grid_key = (int(height), int(width))
         if grid_key in self._precision_by_grid:
             settings["autocast_dtype"], settings["channels_last"] = self._precision_by_grid[grid_key]
