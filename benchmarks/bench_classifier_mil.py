@@ -30,6 +30,7 @@ studies at the default difficulty); results are appended to ``--results`` as JSO
 """
 import json, sys, time, math
 from pathlib import Path
+from scipy import ndimage
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -160,7 +161,54 @@ def near_negatives(lab, lo=4, hi=10):
     d = np.abs(np.arange(len(lab))[:, None] - pos[None]).min(1)
     return np.flatnonzero((lab == 0) & (d >= lo) & (d <= hi))
 
-def batches(train, bs, rng, level_mix, crop, cutout, pair=0.0):
+def insert_defect(x, rng, window=(100, 700), bright_hu=(240.0, 460.0), clot_hu=(22.0, 68.0), noise_hu=(15.0, 25.0), return_seed=False):
+    """Paint one synthetic filling defect into a contrast-filled structure of a negative mini-volume.
+
+    A label-free prior (the radiological definition of an acute PE, as in label-free lesion
+    synthesis): a seed pixel in a random one of the centre slice's contrast-bright pixels, in a bright
+    patch of at most 150 px whose 2 px ring is mostly lung (pulmonary vessels; not the ribs, the
+    vertebrae, the heart or the outside air), a disk of radius
+    1-3.5 px around it on 1-5 consecutive slices through the centre (the seed drifting by up to 1 px
+    per slice), kept only where the slice is contrast-bright (the lumen), set to a clot value
+    (22-68 HU) with CT noise and a 0.6 px blur of its edge. Returns the new mini-volume, or None when
+    the centre slice has no contrast-bright pixel.
+    """
+    low, width = window[0] - window[1] / 2.0, float(window[1])
+    to_x = lambda hu: (hu - low) / width
+    c = x.shape[0] // 2
+    bright = (x > to_x(bright_hu[0])) & (x < to_x(bright_hu[1]))
+    dark, n_dark = ndimage.label((x[c] < to_x(-240.0)).numpy())
+    outside = np.unique(np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]]))
+    lung = (np.isin(dark, outside, invert=True) & (dark > 0)).astype(np.float64)
+    parts, n_parts = ndimage.label(bright[c].numpy())
+    area = np.bincount(parts.ravel(), minlength=n_parts + 1)
+    grown = ndimage.grey_dilation(parts, size=5)
+    ring = (parts == 0) & (grown > 0)
+    ring_n = np.bincount(grown[ring], minlength=n_parts + 1)
+    ring_lung = np.bincount(grown[ring], weights=lung[ring], minlength=n_parts + 1)
+    keep = (area <= 150) & (ring_lung >= 0.5 * np.maximum(ring_n, 1))
+    keep[0] = False
+    ids = np.flatnonzero(keep)
+    if ids.size == 0:
+        return None
+    ys, xs = np.nonzero(parts == ids[rng.integers(ids.size)])
+    k = int(rng.integers(ys.size)); sy, sx = float(ys[k]), float(xs[k])
+    r = float(rng.uniform(1.0, 3.5)); dz_lo, dz_hi = int(rng.integers(0, 3)), int(rng.integers(0, 3))
+    H, W = x.shape[-2:]
+    yy = torch.arange(H, dtype=torch.float32)[:, None]; xx = torch.arange(W, dtype=torch.float32)[None]
+    region = torch.zeros_like(x, dtype=torch.bool)
+    for z in range(max(0, c - dz_lo), min(x.shape[0], c + dz_hi + 1)):
+        oy, ox = (sy, sx) if z == c else (sy + rng.uniform(-1, 1) * abs(z - c), sx + rng.uniform(-1, 1) * abs(z - c))
+        region[z] = ((yy - oy) ** 2 + (xx - ox) ** 2 <= r * r) & bright[z]
+    if int(region.sum()) < 4:
+        return None
+    alpha = torch.as_tensor(ndimage.gaussian_filter(region.numpy().astype(np.float32), (0, 0.6, 0.6)))
+    alpha = torch.maximum(alpha, region.float() * 0.85).clamp_(0, 1)
+    clot = to_x(float(rng.uniform(*clot_hu))) + torch.randn_like(x) * (float(rng.uniform(*noise_hu)) / width)
+    out = (x * (1 - alpha) + clot * alpha).clamp_(0, 1)
+    return (out, (int(sy), int(sx))) if return_seed else out
+
+def batches(train, bs, rng, level_mix, crop, cutout, pair=0.0, synth=0.0, synth_pair=False):
     near = [near_negatives(t[1]) for t in train]
     near_all = np.concatenate([np.stack([np.full(len(n), s), n], 1) for s, n in enumerate(near) if len(n)])
     labels = np.concatenate([t[1] for t in train])
@@ -175,11 +223,28 @@ def batches(train, bs, rng, level_mix, crop, cutout, pair=0.0):
             for i, p in enumerate(pick):
                 if labels[p] == 0 and rng.random() < pair:
                     items[i] = tuple(near_all[rng.integers(len(near_all))])
-        xs = []
+        xs, ys, clean = [], [], []
         for s, k in items:
             x = train[s][0][srcs[s][k]]
+            y = float(train[s][1][k])
+            if synth > 0 and y == 1 and rng.random() < synth:
+                for _ in range(8):
+                    s2 = int(rng.integers(len(train))); negs = np.flatnonzero(train[s2][1] == 0)
+                    if not len(negs):
+                        continue
+                    source = train[s2][0][srcs[s2][int(negs[rng.integers(len(negs))])]]
+                    painted = insert_defect(source, rng, return_seed=True)
+                    if painted is not None:
+                        x, seed_yx = painted
+                        if crop:  # a crop that holds the defect, the same for its clean source
+                            H = x.shape[-1]
+                            y0 = int(np.clip(seed_yx[0] - rng.integers(4, crop - 4), 0, H - crop)); x0 = int(np.clip(seed_yx[1] - rng.integers(4, crop - 4), 0, H - crop))
+                            x = x[:, y0:y0+crop, x0:x0+crop]; source = source[:, y0:y0+crop, x0:x0+crop]
+                        if synth_pair:
+                            clean.append(source)
+                        break
             if rng.random() < 0.5: x = x.flip(-1)
-            if crop:
+            if crop and x.shape[-1] != crop:
                 H = x.shape[-1]; y0, x0 = rng.integers(0, H - crop + 1, 2); x = x[:, y0:y0+crop, x0:x0+crop]
             if cutout and rng.random() < cutout["prob"]:
                 x = x.clone()
@@ -187,8 +252,12 @@ def batches(train, bs, rng, level_mix, crop, cutout, pair=0.0):
                     h, ww = rng.integers(cutout["min"], cutout["max"] + 1, 2)
                     y0 = rng.integers(0, x.shape[-2] - h + 1); x0 = rng.integers(0, x.shape[-1] - ww + 1)
                     x[:, y0:y0+h, x0:x0+ww] = 0.0
-            xs.append(x)
-        yield torch.stack(xs).contiguous(memory_format=torch.channels_last), torch.as_tensor([train[s][1][k] for s, k in items], dtype=torch.float32)[:, None]
+            xs.append(x); ys.append(y)
+        # synth_pair: each painted positive's clean source replaces a negative of the batch
+        slots = [i for i, v in enumerate(ys) if v == 0]
+        for i, src in zip(slots, clean):
+            xs[i] = src.flip(-1) if rng.random() < 0.5 else src
+        yield torch.stack(xs).contiguous(memory_format=torch.channels_last), torch.as_tensor(ys, dtype=torch.float32)[:, None]
 
 @torch.no_grad()
 def scores(net, studies):
@@ -201,7 +270,7 @@ def scores(net, studies):
     s = torch.cat(s).numpy(); l = np.concatenate(l)
     return roc_auc(s, l), s, l
 
-def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, window=(100, 700), eval_every=100, seed=0, n_train=60, point_slices=6, tag="", pair=0.0,
+def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, window=(100, 700), eval_every=100, seed=0, n_train=60, point_slices=6, tag="", pair=0.0, synth=0.0, synth_pair=False,
         cohort="work/bench_recipes/cohort", results="work/bench_mil/results.jsonl", save_weights=False, datalist="datalist.json", bf16=False):
     """Train one candidate for ``iters`` iterations and print its curve, test slice AUC and pointing game."""
     torch.manual_seed(seed); rng = np.random.default_rng(seed)
@@ -211,7 +280,7 @@ def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, win
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, iters // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(i, iters) / iters)) if i >= warm else (i + 1) / warm))
-    gen = batches(train, bs, rng, level_mix, crop, cutout, pair)
+    gen = batches(train, bs, rng, level_mix, crop, cutout, pair, synth, synth_pair)
     t0 = time.perf_counter(); curve = []; losses = []; teval = 0.0
     for it in range(1, iters + 1):
         x, y = next(gen)
@@ -229,7 +298,7 @@ def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, win
     net.eval()
     ex = IntegratedGradientsExplainer(net, n_steps=16, references=("fill",), max_batch=128)
     game = pointing_game(ex, [(v.numpy(), m) for v, _, m in test], max_slices_per_study=point_slices)
-    res = dict(kind=kind, tag=tag, n_train=len(train), bf16=bool(bf16), iters=iters, bs=bs, lr=lr, level_mix=level_mix, crop=crop, cutout=bool(cutout), window=window, pair=pair,
+    res = dict(kind=kind, tag=tag, n_train=len(train), bf16=bool(bf16), iters=iters, bs=bs, lr=lr, level_mix=level_mix, crop=crop, cutout=bool(cutout), window=window, pair=pair, synth=synth, synth_pair=bool(synth_pair),
                train_min=round(train_min, 2), curve=curve, test_auc=round(test_auc, 3), pointing=round(game.hit_rate, 3), n_point=game.total,
                med_dist=float(np.median(game.distances_px)))
     print(f"RESULT {json.dumps(res)}", flush=True)
