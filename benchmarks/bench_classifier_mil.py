@@ -18,6 +18,11 @@ Candidates (``--kind``):
 - ``b0s2milvessel``: ``b0s2mil`` whose maximum runs only over logit-map positions near bright
   (contrast-filled, above about 200 HU) pixels of the centre slice: an image-derived prior, no labels
 
+Label-free filling-defect prior (``--synth p``): a share p of the positive draws is replaced by a
+negative mini-volume with one painted defect (``insert_defect``); ``--synth_pair True`` puts each
+painted mini-volume's clean source in the same batch as a negative; with ``--crop C`` painted pairs are
+cropped around the defect.
+
 Sampling: half positive slices; negatives uniform or level-matched (``--level_mix``), and with
 ``--pair p`` a share p of the negatives replaced by slices of the *same* study 4-10 slices from its
 nearest positive slice (same anatomy, no embolus in the 7-slice window).
