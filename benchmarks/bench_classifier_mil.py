@@ -175,14 +175,15 @@ def insert_defect(x, rng, window=(100, 700), bright_hu=(240.0, 460.0), clot_hu=(
     vertebrae, the heart or the outside air), a disk of radius
     1-3.5 px around it on 1-5 consecutive slices through the centre (the seed drifting by up to 1 px
     per slice), kept only where the slice is contrast-bright (the lumen), set to a clot value
-    (22-68 HU) with CT noise and a 0.6 px blur of its edge. Returns the new mini-volume, or None when
-    the centre slice has no contrast-bright pixel.
+    (22-68 HU) with CT noise and a 0.6 px blur of its edge. Returns the new mini-volume (with the seed's
+    ``(row, column)`` when ``return_seed``), or None when the centre slice has no such vessel patch or
+    the defect would cover fewer than 4 voxels.
     """
     low, width = window[0] - window[1] / 2.0, float(window[1])
     to_x = lambda hu: (hu - low) / width
     c = x.shape[0] // 2
     bright = (x > to_x(bright_hu[0])) & (x < to_x(bright_hu[1]))
-    dark, n_dark = ndimage.label((x[c] < to_x(-240.0)).numpy())
+    dark, _ = ndimage.label((x[c] < to_x(-240.0)).numpy())
     outside = np.unique(np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]]))
     lung = (np.isin(dark, outside, invert=True) & (dark > 0)).astype(np.float64)
     parts, n_parts = ndimage.label(bright[c].numpy())
