@@ -23,6 +23,11 @@ negative mini-volume with one painted defect (``insert_defect``); ``--synth_pair
 painted mini-volume's clean source in the same batch as a negative; with ``--crop C`` painted pairs are
 cropped around the defect.
 
+Upper bound (``--oracle w``, session 8): the same network, data and schedule with *full* supervision,
+``w`` times a class-balanced pixel BCE between the logit map and the centre slice's reference mask added
+to the slice BCE. Not a recipe (the classifier may see slice labels only); it asks whether the target is
+in reach at this budget at all, whatever the labels.
+
 Sampling: half positive slices; negatives uniform or level-matched (``--level_mix``), and with
 ``--pair p`` a share p of the negatives replaced by slices of the *same* study 4-10 slices from its
 nearest positive slice (same anatomy, no embolus in the 7-slice window).
@@ -214,7 +219,7 @@ def insert_defect(x, rng, window=(100, 700), bright_hu=(240.0, 460.0), clot_hu=(
     out = (x * (1 - alpha) + clot * alpha).clamp_(0, 1)
     return (out, (int(sy), int(sx))) if return_seed else out
 
-def batches(train, bs, rng, level_mix, crop, cutout, pair=0.0, synth=0.0, synth_pair=False):
+def batches(train, bs, rng, level_mix, crop, cutout, pair=0.0, synth=0.0, synth_pair=False, with_mask=False):
     near = [near_negatives(t[1]) for t in train]
     near_all = np.concatenate([np.stack([np.full(len(n), s), n], 1) for s, n in enumerate(near) if len(n)])
     labels = np.concatenate([t[1] for t in train])
@@ -229,10 +234,13 @@ def batches(train, bs, rng, level_mix, crop, cutout, pair=0.0, synth=0.0, synth_
             for i, p in enumerate(pick):
                 if labels[p] == 0 and rng.random() < pair:
                     items[i] = tuple(near_all[rng.integers(len(near_all))])
-        xs, ys, clean = [], [], []
+        xs, ys, clean, ms = [], [], [], []
         for s, k in items:
             x = train[s][0][srcs[s][k]]
             y = float(train[s][1][k])
+            if with_mask:  # the oracle: the centre slice's reference mask, flipped with the image
+                m = torch.as_tensor(train[s][2][k], dtype=torch.float32)[None]
+                x = torch.cat([x, m])
             if synth > 0 and y == 1 and rng.random() < synth:
                 for _ in range(8):
                     s2 = int(rng.integers(len(train))); negs = np.flatnonzero(train[s2][1] == 0)
@@ -258,12 +266,16 @@ def batches(train, bs, rng, level_mix, crop, cutout, pair=0.0, synth=0.0, synth_
                     h, ww = rng.integers(cutout["min"], cutout["max"] + 1, 2)
                     y0 = rng.integers(0, x.shape[-2] - h + 1); x0 = rng.integers(0, x.shape[-1] - ww + 1)
                     x[:, y0:y0+h, x0:x0+ww] = 0.0
+            if with_mask:
+                x, m = x[:-1], x[-1:]
+                ms.append(m)
             xs.append(x); ys.append(y)
         # synth_pair: each painted positive's clean source replaces a negative of the batch
         slots = [i for i, v in enumerate(ys) if v == 0]
         for i, src in zip(slots, clean):
             xs[i] = src.flip(-1) if rng.random() < 0.5 else src
-        yield torch.stack(xs).contiguous(memory_format=torch.channels_last), torch.as_tensor(ys, dtype=torch.float32)[:, None]
+        batch = torch.stack(xs).contiguous(memory_format=torch.channels_last), torch.as_tensor(ys, dtype=torch.float32)[:, None]
+        yield (*batch, torch.stack(ms)) if with_mask else batch
 
 @torch.no_grad()
 def scores(net, studies):
@@ -277,22 +289,36 @@ def scores(net, studies):
     return roc_auc(s, l), s, l
 
 def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, window=(100, 700), eval_every=100, seed=0, n_train=60, point_slices=6, tag="", pair=0.0, synth=0.0, synth_pair=False,
-        cohort="work/bench_recipes/cohort", results="work/bench_mil/results.jsonl", save_weights=False, datalist="datalist.json", bf16=False):
-    """Train one candidate for ``iters`` iterations and print its curve, test slice AUC and pointing game."""
+        cohort="work/bench_recipes/cohort", results="work/bench_mil/results.jsonl", save_weights=False, datalist="datalist.json", bf16=False, oracle=0.0):
+    """Train one candidate for ``iters`` iterations and print its curve, test slice AUC and pointing game.
+
+    ``oracle`` > 0 is an upper bound, not a weakly supervised recipe: it adds ``oracle`` times a
+    class-balanced pixel BCE between the network's logit map and the centre slice's *reference mask*
+    (max-pooled to the map's grid), i.e. the same network, data and budget with full supervision.
+    """
     torch.manual_seed(seed); rng = np.random.default_rng(seed)
-    train = load(cohort, "training", window, datalist=datalist)[:n_train]
+    if oracle and (synth or crop or cutout):
+        raise ValueError("--oracle runs without --synth, --crop and --cutout")
+    train = load(cohort, "training", window, with_mask=bool(oracle), datalist=datalist)[:n_train]
     val = load(cohort, "validation", window, datalist=datalist); test = load(cohort, "test", window, True, datalist=datalist)
     net = make_net(kind).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, iters // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(i, iters) / iters)) if i >= warm else (i + 1) / warm))
-    gen = batches(train, bs, rng, level_mix, crop, cutout, pair, synth, synth_pair)
+    gen = batches(train, bs, rng, level_mix, crop, cutout, pair, synth, synth_pair, with_mask=bool(oracle))
     t0 = time.perf_counter(); curve = []; losses = []; teval = 0.0
     for it in range(1, iters + 1):
-        x, y = next(gen)
+        x, y, *mask = next(gen)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16)):
-            logits = net(x)
+            lmap = net.logit_map(x) if oracle else None
+            logits = torch.amax(lmap, dim=(-2, -1)) if oracle else net(x)
         loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        if oracle:
+            target = (F.adaptive_max_pool2d(mask[0], lmap.shape[-2:]) > 0).float()
+            pix = F.binary_cross_entropy_with_logits(lmap.float(), target, reduction="none")
+            pos = target.sum()
+            pix_loss = pix[target == 0].mean() + (pix[target > 0].mean() if pos > 0 else 0.0)
+            loss = loss + oracle * pix_loss
         opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
         if it % eval_every == 0 or it == iters:
             te = time.perf_counter(); auc = scores(net, val)[0]; teval += time.perf_counter() - te
@@ -304,7 +330,7 @@ def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, win
     net.eval()
     ex = IntegratedGradientsExplainer(net, n_steps=16, references=("fill",), max_batch=128)
     game = pointing_game(ex, [(v.numpy(), m) for v, _, m in test], max_slices_per_study=point_slices)
-    res = dict(kind=kind, tag=tag, n_train=len(train), bf16=bool(bf16), iters=iters, bs=bs, lr=lr, level_mix=level_mix, crop=crop, cutout=bool(cutout), window=window, pair=pair, synth=synth, synth_pair=bool(synth_pair),
+    res = dict(kind=kind, tag=tag, oracle=oracle, n_train=len(train), bf16=bool(bf16), iters=iters, bs=bs, lr=lr, level_mix=level_mix, crop=crop, cutout=bool(cutout), window=window, pair=pair, synth=synth, synth_pair=bool(synth_pair),
                train_min=round(train_min, 2), curve=curve, test_auc=round(test_auc, 3), pointing=round(game.hit_rate, 3), n_point=game.total,
                med_dist=float(np.median(game.distances_px)))
     print(f"RESULT {json.dumps(res)}", flush=True)
