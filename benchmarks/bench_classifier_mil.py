@@ -299,9 +299,11 @@ def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, win
     torch.manual_seed(seed); rng = np.random.default_rng(seed)
     if oracle and (synth or crop or cutout):
         raise ValueError("--oracle runs without --synth, --crop and --cutout")
+    net = make_net(kind).to(memory_format=torch.channels_last)
+    if oracle and not hasattr(net, "logit_map"):
+        raise ValueError(f"--oracle needs a network with a logit map; {kind!r} pools its features first")
     train = load(cohort, "training", window, with_mask=bool(oracle), datalist=datalist)[:n_train]
     val = load(cohort, "validation", window, datalist=datalist); test = load(cohort, "test", window, True, datalist=datalist)
-    net = make_net(kind).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, iters // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(i, iters) / iters)) if i >= warm else (i + 1) / warm))

@@ -60,3 +60,8 @@ def test_batches_without_oracle_yield_images_and_labels_only(bench):
 def test_oracle_refuses_augmentations_that_would_misplace_masks(bench):
     with pytest.raises(ValueError, match="--oracle"):
         bench.run("b0s2mil", oracle=1.0, synth=0.5)
+
+
+def test_oracle_refuses_networks_without_a_logit_map(bench):
+    with pytest.raises(ValueError, match="logit map"):
+        bench.run("b0s2", oracle=1.0, cohort="/nonexistent")
