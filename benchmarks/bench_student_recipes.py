@@ -1,0 +1,236 @@
+"""Side-by-side comparison of demo-scale student recipes (issue 6): which one learns in CPU minutes?
+
+Every candidate is the student bundle's own ``train.json`` + ``demo.json`` (+ ``random_init.json``
+when it trains on reference masks) with a few overrides, run through ``python -m monai.bundle`` on
+the studies of a finished pipeline run (``make demo`` writes ``work/demo``). For each candidate it
+records the validation cluster F1 after every epoch (the bundle's key metric, from its log) and, on
+the test split, the cluster-matching sensitivity / PPV / F1, the strict (IoU > 0.5) F1, the FROC
+average sensitivity and the embolus voxel AUC (threshold-free: has it learned anything?) of the best
+checkpoint, inferred and scored with the bundle's inference config
+and ``scripts/score.py``, i.e. exactly as the pipeline does.
+
+``--labels reference`` trains on the human (here: true) masks of every training study: an upper
+bound that separates the student's recipe from the quality of the teacher's pseudo-labels.
+``--labels pseudo`` trains on the teacher's pseudo-labels, as the pipeline's student does.
+
+    python benchmarks/bench_student_recipes.py --work_dir work/demo --labels reference \
+        --candidates gdl,dicece --out_dir work/bench_student
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from collections.abc import Iterable, Iterator
+
+import fire
+import nibabel as nib
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from custom.pipeline.run import bundle_command  # noqa: E402
+from custom.pipeline.stages import python_command  # noqa: E402
+
+_GDL_FOCAL = {"_target_": "GeneralizedDiceFocalLoss", "include_background": True, "softmax": True, "batch": True}
+_DICECE = {"_target_": "DiceCELoss", "include_background": False, "to_onehot_y": False, "softmax": True, "batch": True}
+
+#: candidate name -> overrides of the student bundle's configs (on top of ``demo.json``)
+CANDIDATES: dict[str, dict[str, Any]] = {
+    # the paper's loss (Generalized Dice, background included, batch statistics): the bundle default
+    "gdl": {},
+    # the paper's loss with three foreground-centred patches for each random one
+    "gdl_pos3": {"train#random_transforms#0#pos": 3},
+    # Generalized Dice plus a focal term: a per-voxel gradient while the Dice term is still flat
+    "gdl_focal": {"loss": _GDL_FOCAL},
+    # the paper's loss without Mixup (a mixed patch dilutes a 30-voxel embolus to a fraction of a label)
+    "gdl_nomixup": {"train#prepare_batch": "$monai.engines.default_prepare_batch"},
+    # Dice (foreground only, batch statistics) plus cross-entropy
+    "dicece": {"loss": _DICECE},
+    # the paper's loss from an output layer that starts at 1 % foreground everywhere (custom.networks.output_prior)
+    "gdl_prior": {"foreground_prior": 0.01},
+    "gdl_prior_nomixup": {"foreground_prior": 0.01, "train#prepare_batch": "$monai.engines.default_prepare_batch"},
+    "dicece_prior": {"foreground_prior": 0.01, "loss": _DICECE},
+    # aimed at the 1:5000 imbalance: three embolus-centred patches per random one, a 3x learning rate,
+    # and either Dice + cross-entropy or the paper's Generalized Dice + a focal term (Lin et al. 2017
+    # pair the focal loss with the prior initialisation)
+    "dicece_prior_pos3_lr3": {"foreground_prior": 0.01, "loss": _DICECE, "train#random_transforms#0#pos": 3, "learning_rate": 3e-3},
+    "gdlfocal_prior_pos3_lr3": {"foreground_prior": 0.01, "loss": _GDL_FOCAL, "train#random_transforms#0#pos": 3, "learning_rate": 3e-3},
+}
+
+_METRICS = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)")
+
+
+def validation_curve(log_text: str) -> list[dict[str, float]]:
+    """The ``Epoch[n] Metrics -- name: value ...`` lines of a MONAI ``StatsHandler`` log, in order.
+
+    Returns:
+        One ``{"epoch": n, <metric>: value, ...}`` per validation run.
+    """
+    curve = []
+    for match in _METRICS.finditer(log_text):
+        row: dict[str, float] = {"epoch": int(match.group(1))}
+        for item in match.group(2).split():
+            if item.endswith(":"):
+                name = item[:-1]
+            else:
+                try:
+                    row[name] = float(item)
+                except (ValueError, NameError):
+                    continue
+        curve.append(row)
+    return curve
+
+
+def _voxel_auc(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """ROC AUC of voxel scores, reference-embolus voxels against all others, pooled over ``(score, reference)``
+    pairs; 0.5 is chance, ties count one half; NaN without embolus voxels."""
+    positives, negatives = [], []
+    for score, reference in pairs:
+        positives.append(score[reference])
+        negatives.append(score[~reference])
+    pos, neg = np.concatenate(positives or [np.zeros(0)]), np.sort(np.concatenate(negatives or [np.zeros(0)]))
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    below = np.searchsorted(neg, pos, side="left")
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float((below + 0.5 * ties).sum() / (pos.size * neg.size))
+
+
+def _studies(pred_dir: str | Path, reference_dir: str | Path) -> Iterator[tuple[str, Path, np.ndarray]]:
+    for prob_path in sorted(Path(pred_dir).glob("*_prob.nii.gz")):
+        uid = prob_path.name[: -len("_prob.nii.gz")]
+        yield uid, prob_path, np.asarray(nib.load(Path(reference_dir) / f"{uid}.nii.gz").dataobj) > 0
+
+
+def embolus_voxel_auc(pred_dir: str | Path, reference_dir: str | Path) -> float:
+    """Threshold-free check of what a student has learned: :func:`_voxel_auc` of its probabilities
+    (``pred_dir/<uid>_prob.nii.gz`` against ``reference_dir/<uid>.nii.gz``). Compare it with
+    :func:`intensity_voxel_auc`: emboli lie in bright arteries, so even the windowed CT scores well
+    against a volume that is mostly lung and air."""
+    def pairs():
+        for _, prob_path, reference in _studies(pred_dir, reference_dir):
+            prob = np.asarray(nib.load(prob_path).dataobj, dtype=np.float32)
+            if prob.shape != reference.shape:
+                raise ValueError(f"{prob_path}: shape {prob.shape} differs from its reference's {reference.shape}")
+            yield prob, reference
+    return _voxel_auc(pairs())
+
+
+def intensity_voxel_auc(pred_dir: str | Path, reference_dir: str | Path, image_dir: str | Path,
+                        window: tuple[float, float] = (100.0, 400.0)) -> float:
+    """The no-learning baseline of :func:`embolus_voxel_auc`: the same studies scored by their own
+    CT values in the student's HU window (``image_dir/<uid>.nii.gz``)."""
+    low, high = window[0] - window[1] / 2, window[0] + window[1] / 2
+    def pairs():
+        for uid, _, reference in _studies(pred_dir, reference_dir):
+            image = np.asarray(nib.load(Path(image_dir) / f"{uid}.nii.gz").dataobj, dtype=np.float32)
+            yield np.clip(image, low, high), reference
+    return _voxel_auc(pairs())
+
+
+def _run(command: list[str], log: Path) -> float:
+    """Run ``command`` with its output in ``log``; return its wall seconds; raise with the log's tail on failure."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    if code:
+        tail = log.read_text()[-2000:]
+        raise RuntimeError(f"{' '.join(command[:6])} ... failed with exit code {code}; end of {log}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def run_candidate(
+    name: str, overrides: dict[str, Any], work_dir: Path, labels: str, out_dir: Path, iterations: int, epochs: int,
+    learning_rate: float,
+) -> dict[str, Any]:
+    """Train, infer and score one candidate; return its result row."""
+    prepared = work_dir / "prepared"
+    root = out_dir / name
+    root.mkdir(parents=True, exist_ok=True)
+    configs = ["train.json", "demo.json"] + (["random_init.json"] if labels == "reference" else [])
+    datalist = work_dir / "datalists" / ("annotated.json" if labels == "reference" else "student.json")
+    if not datalist.is_file():
+        raise FileNotFoundError(f"{datalist}: run the pipeline first (make demo) so that its datalists exist")
+    common = {"bundle_root": str(root), "dataset_dir": str(prepared), "datalist": str(datalist)}
+    train = dict(common, ckpt_dir=str(root / "models"), output_dir=str(root / "logs"), num_iterations=iterations,
+                 iterations_per_epoch=max(1, iterations // epochs), warmup_iterations=max(1, iterations // 10),
+                 learning_rate=learning_rate)
+    train.update(overrides)  # a candidate may set its own learning rate
+    if labels == "reference":
+        train["annotated_fraction"] = 1.0
+    train_s = _run(bundle_command("dynunet_student", configs, "training", **train), root / "train.log")
+    curve = validation_curve((root / "train.log").read_text())
+    infer_s = _run(bundle_command("dynunet_student", ["inference.json", "demo.json"], None, **common, datalist_key="test",
+                                  ckpt_dir=str(root / "models"), output_dir=str(root / "output"), overwrite=True),
+                   root / "infer.log")
+    metrics = root / "test_metrics.json"
+    _run(python_command(REPO / "scripts" / "score.py", "--pred_dir", root / "output", "--reference_dir", prepared / "labels",
+                        "--out", metrics), root / "score.log")
+    report = json.loads(metrics.read_text())
+    cluster, strict, froc = report["cluster"], report["strict"], report.get("froc", {})
+    return {
+        "candidate": name, "labels": labels, "overrides": overrides, "iterations": iterations,
+        "train_minutes": train_s / 60.0, "infer_minutes": infer_s / 60.0,
+        "validation_f1": [row.get("val_cluster_f1") for row in curve],
+        "test": {k: cluster.get(k) for k in ("sensitivity", "ppv", "f1", "tp", "fp", "fn", "fp_per_study")},
+        "test_strict_f1": strict.get("f1"),
+        "test_froc_average_sensitivity": froc.get("average_sensitivity"),
+        "test_embolus_voxel_auc": embolus_voxel_auc(root / "output", prepared / "labels"),
+        "test_intensity_voxel_auc": intensity_voxel_auc(root / "output", prepared / "labels", prepared / "images"),
+    }
+
+
+def main(
+    work_dir: str = "work/demo",
+    labels: str = "reference",
+    candidates: str | tuple = "gdl,gdl_pos3,gdl_focal,dicece",
+    out_dir: str = "work/bench_student",
+    iterations: int = 240,
+    epochs: int = 4,
+    learning_rate: float = 1e-3,
+    results: str | None = None,
+) -> None:
+    """Compare student recipes on a finished pipeline run's studies; print one row per candidate.
+
+    Args:
+        work_dir: a pipeline run folder (``prepared/`` and ``datalists/``).
+        labels: ``reference`` (true masks of every training study) or ``pseudo`` (the teacher's).
+        candidates: comma-separated names of :data:`CANDIDATES`.
+        out_dir: where each candidate's checkpoints, outputs and logs go.
+        iterations: training iterations per candidate (the demo: 240).
+        epochs: validation runs per candidate (evenly spaced).
+        learning_rate: peak learning rate (the demo: 1e-3).
+        results: JSON-lines file the rows are appended to (default ``out_dir/results.jsonl``).
+    """
+    if labels not in ("reference", "pseudo"):
+        raise ValueError(f"labels must be 'reference' or 'pseudo', got {labels!r}")
+    names = [c for c in (candidates.split(",") if isinstance(candidates, str) else candidates) if c]
+    unknown = [c for c in names if c not in CANDIDATES]
+    if unknown:
+        raise ValueError(f"unknown candidates {unknown}; known: {sorted(CANDIDATES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = Path(results) if results else out / "results.jsonl"
+    print(f"{'candidate':<12} {'labels':<9} {'train min':>9}  {'validation F1 by epoch':<30} {'test sens':>9} {'PPV':>6} "
+          f"{'F1':>6} {'strict F1':>9} {'FROC':>6} {'voxel AUC':>9} {'CT values':>9}")
+    for name in names:
+        row = run_candidate(name, CANDIDATES[name], Path(work_dir), labels, out, iterations, epochs, learning_rate)
+        with open(results_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        t = row["test"]
+        val = ", ".join(f"{v:.3f}" for v in row["validation_f1"] if v is not None)
+        print(f"{name:<12} {labels:<9} {row['train_minutes']:9.1f}  {val:<30} {t['sensitivity'] or 0:9.3f} {t['ppv'] or 0:6.3f} "
+              f"{t['f1'] or 0:6.3f} {row['test_strict_f1'] or 0:9.3f} {row['test_froc_average_sensitivity'] or 0:6.3f} "
+              f"{row['test_embolus_voxel_auc']:9.3f} {row['test_intensity_voxel_auc']:9.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
