@@ -77,14 +77,16 @@ def validation_curve(log_text: str) -> list[dict[str, float]]:
     curve = []
     for match in _METRICS.finditer(log_text):
         row: dict[str, float] = {"epoch": int(match.group(1))}
+        name = None
         for item in match.group(2).split():
             if item.endswith(":"):
                 name = item[:-1]
-            else:
+            elif name is not None:
                 try:
                     row[name] = float(item)
-                except (ValueError, NameError):
-                    continue
+                except ValueError:
+                    pass
+                name = None
         curve.append(row)
     return curve
 

@@ -25,11 +25,13 @@ def test_validation_curve_reads_the_stats_handler_lines(bench) -> None:
         "2026-11-23 11:25:08,557 - INFO - Epoch[1] Metrics -- val_cluster_f1: 0.0213 val_cluster_ppv: 0.0110 val_cluster_sensitivity: 0.3636 \n"
         "Iteration: [99/100] loss=0.143\n"
         "2026-11-23 11:26:08,557 - INFO - Epoch[2] Metrics -- val_cluster_f1: 0.5000 val_cluster_ppv: 0.4000 val_cluster_sensitivity: 0.6667 \n"
+        "2026-11-23 11:27:08,557 - INFO - Epoch[3] Metrics -- val_cluster_f1: 0.0000 val_cluster_ppv: nan \n"
     )
     curve = bench.validation_curve(log)
-    assert [row["epoch"] for row in curve] == [1, 2]
+    assert [row["epoch"] for row in curve] == [1, 2, 3]
     assert curve[0]["val_cluster_f1"] == pytest.approx(0.0213)
     assert curve[1] == {"epoch": 2, "val_cluster_f1": 0.5, "val_cluster_ppv": 0.4, "val_cluster_sensitivity": 0.6667}
+    assert curve[2]["val_cluster_f1"] == 0.0 and curve[2]["val_cluster_ppv"] != curve[2]["val_cluster_ppv"]  # nan
 
 
 @pytest.mark.parametrize("name", ["gdl", "gdl_pos3", "gdl_focal", "dicece", "gdl_nomixup", "gdl_prior", "gdl_prior_nomixup", "dicece_prior", "dicece_prior_pos3_lr3", "gdlfocal_prior_pos3_lr3"])
