@@ -63,6 +63,15 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # pair the focal loss with the prior initialisation)
     "dicece_prior_pos3_lr3": {"foreground_prior": 0.01, "loss": _DICECE, "train#random_transforms#0#pos": 3, "learning_rate": 3e-3},
     "gdlfocal_prior_pos3_lr3": {"foreground_prior": 0.01, "loss": _GDL_FOCAL, "train#random_transforms#0#pos": 3, "learning_rate": 3e-3},
+    # instance norm (affine=False) fixes the scale of the features the 1x1 output layer reads, so the
+    # logits' range grows only as fast as AdamW moves those few weights (about lr per step): a 10x
+    # learning rate with the prior (benchmarks/bench_student_overfit.py: on 8 fixed training patches
+    # this fits in 200 steps where lr 1e-3 without the prior does not)
+    "gdl_prior_lr10": {"foreground_prior": 0.01, "learning_rate": 1e-2},
+    "dicece_prior_lr10": {"foreground_prior": 0.01, "loss": _DICECE, "learning_rate": 1e-2},
+    # the same with every batch closer to the overfitting check: three embolus patches per random one, no Mixup
+    "dicece_prior_lr10_pos3_nomixup": {"foreground_prior": 0.01, "loss": _DICECE, "learning_rate": 1e-2,
+                                       "train#random_transforms#0#pos": 3, "train#prepare_batch": "$monai.engines.default_prepare_batch"},
 }
 
 _METRICS = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)")

@@ -12,6 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "dynunet_student" / "configs"
 
 
+CANDIDATE_NAMES = ["gdl", "gdl_pos3", "gdl_focal", "dicece", "gdl_nomixup", "gdl_prior", "gdl_prior_nomixup", "dicece_prior", "dicece_prior_pos3_lr3", "gdlfocal_prior_pos3_lr3", "gdl_prior_lr10", "dicece_prior_lr10", "dicece_prior_lr10_pos3_nomixup"]
+
+
 @pytest.fixture(scope="module")
 def bench():
     spec = importlib.util.spec_from_file_location("bench_student_recipes", REPO / "benchmarks" / "bench_student_recipes.py")
@@ -34,7 +37,11 @@ def test_validation_curve_reads_the_stats_handler_lines(bench) -> None:
     assert curve[2]["val_cluster_f1"] == 0.0 and curve[2]["val_cluster_ppv"] != curve[2]["val_cluster_ppv"]  # nan
 
 
-@pytest.mark.parametrize("name", ["gdl", "gdl_pos3", "gdl_focal", "dicece", "gdl_nomixup", "gdl_prior", "gdl_prior_nomixup", "dicece_prior", "dicece_prior_pos3_lr3", "gdlfocal_prior_pos3_lr3"])
+def test_every_candidate_is_checked(bench) -> None:
+    assert sorted(CANDIDATE_NAMES) == sorted(bench.CANDIDATES)
+
+
+@pytest.mark.parametrize("name", CANDIDATE_NAMES)
 def test_each_candidate_is_a_valid_override_of_the_bundle(bench, name) -> None:
     """the override paths exist in the configs and what they set is what the trainer gets"""
     overrides = bench.CANDIDATES[name]
@@ -115,3 +122,18 @@ def test_intensity_baseline_scores_the_ct_values_in_the_window(bench, tmp_path) 
     assert bench.intensity_voxel_auc(pred, ref, images) == pytest.approx((n_neg - 1) / n_neg)
     # a window that clips both to its floor: ties
     assert bench.intensity_voxel_auc(pred, ref, images, window=(-1000.0, 100.0)) == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def overfit():
+    spec = importlib.util.spec_from_file_location("bench_student_overfit", REPO / "benchmarks" / "bench_student_overfit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overfit_check_names_what_is_missing(overfit, tmp_path) -> None:
+    with pytest.raises(ValueError, match="loss must be one of"):
+        overfit.main(work_dir=str(tmp_path), loss="focal")
+    with pytest.raises(FileNotFoundError, match="annotated.json"):
+        overfit.main(work_dir=str(tmp_path))
