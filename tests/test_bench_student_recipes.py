@@ -15,12 +15,17 @@ CONFIGS = REPO / "bundles" / "dynunet_student" / "configs"
 CANDIDATE_NAMES = ["gdl", "gdl_pos3", "gdl_focal", "dicece", "gdl_nomixup", "gdl_prior", "gdl_prior_nomixup", "dicece_prior", "dicece_prior_pos3_lr3", "gdlfocal_prior_pos3_lr3", "gdl_prior_lr10", "dicece_prior_lr10", "dicece_prior_lr10_pos3_nomixup"]
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_student_recipes", REPO / "benchmarks" / "bench_student_recipes.py")
+def _benchmark(name: str):
+    """a script of ``benchmarks/`` (not a package) as a module"""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _benchmark("bench_student_recipes")
 
 
 def test_validation_curve_reads_the_stats_handler_lines(bench) -> None:
@@ -126,10 +131,7 @@ def test_intensity_baseline_scores_the_ct_values_in_the_window(bench, tmp_path) 
 
 @pytest.fixture(scope="module")
 def overfit():
-    spec = importlib.util.spec_from_file_location("bench_student_overfit", REPO / "benchmarks" / "bench_student_overfit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _benchmark("bench_student_overfit")
 
 
 def test_overfit_check_names_what_is_missing(overfit, tmp_path) -> None:
