@@ -19,6 +19,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_student_recipes import voxel_auc  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "dynunet_student" / "configs"
 
@@ -101,8 +104,8 @@ def main(
         if step % log_every == 0 or step == iterations:
             with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=bf16):
                 probability = torch.softmax(network(images).float(), 1)[:, 1]
-            positives, negatives = probability[foreground], torch.sort(probability[~foreground]).values
-            auc = (torch.searchsorted(negatives, positives).double().mean() / negatives.numel()).item()
+            positives = probability[foreground]
+            auc = voxel_auc([(probability.numpy(), foreground.numpy())])
             dice = (2 * probability[foreground].sum() / (probability.sum() + foreground.sum())).item()
             print(f"step {step:4d}  {time.perf_counter() - start:5.0f} s  loss {value.item():.4f}  voxel AUC {auc:.3f}  "
                   f"soft Dice {dice:.3f}  mean p embolus {positives.mean():.3f} / rest {probability[~foreground].mean():.4f}",
