@@ -278,3 +278,34 @@ def test_results_accessors_and_table_markdown():
     assert table.rows[1][:5] == ["1", "4, best", "0.583", "0.655", "0.617"]
     assert table.rows[1][5:] == ["10, best", "0.635", "0.642", "0.638"]  # the paper's Table 2, 1 reference
     assert table.to_markdown().splitlines()[1].startswith("| :--- | ---: |")
+
+
+def test_target_met_on_the_intersection_rule_only_is_flagged(tmp_path):
+    """A student target met with strict F1 0 (a few huge blobs) is not reported as plainly met."""
+    from custom.pipeline.results import _targets
+
+    results = _results()
+    results["students"]["student"] = _metrics(0.04, 0.0, 10)
+    results["students"]["teacher"] = _metrics(0.0, 0.0, 10)
+    results["students"]["finetuned"] = _metrics(0.03, 0.0, 8)
+    results["students"]["random_init"] = _metrics(0.02, 0.25, 8)
+    targets = {t["name"]: t for t in _targets(results, "full")}
+    assert targets["student F1 >= teacher F1"]["met"] is True
+    assert "strict F1 0" in targets["student F1 >= teacher F1"]["caveat"]
+    assert targets["student F1 >= teacher F1"]["note"] == "strict F1 student 0.000"
+    assert targets["fine-tuned beats random init"]["note"] == "strict F1 finetuned 0.000; strict F1 random init 0.250"
+    assert "caveat" in targets["fine-tuned beats random init"]
+    assert "caveat" not in targets["student F1 (full)"]  # missed: nothing to qualify
+    assert "caveat" not in targets["classifier slice AUC"]
+    # a student with strict matches meets the target plainly
+    results["students"]["student"] = _metrics(0.04, 0.02, 10)
+    assert "caveat" not in {t["name"]: t for t in _targets(results, "demo")}["student F1 >= teacher F1"]
+
+    results["targets"] = list(targets.values())
+    markdown, html = _render(tmp_path, results)
+    row = next(line for line in markdown.splitlines() if line.startswith("| student F1 >= teacher F1"))
+    assert "| met on the rule only |" in row and "strict F1 0: met on the intersection rule only" in row
+    summary = next(line for line in markdown.splitlines() if "targets met." in line)
+    assert "2 more met on the paper's intersection rule only" in summary
+    assert "student F1 >= teacher F1; fine-tuned beats random init" in summary
+    assert "met on the rule only" in html

@@ -16,6 +16,7 @@ from typing import Any
 from custom.report.results import NotRun, ResultsValueError, number, section
 
 __all__ = [
+    "CAVEAT_STATUS",
     "MODELS",
     "PAPER",
     "PAPER_COLUMN",
@@ -168,11 +169,16 @@ def _runs(teacher: Mapping[str, Any] | NotRun) -> dict[str, dict[str, Any] | Not
 
 
 # ---------------------------------------------------------------------------------------------- tables
+CAVEAT_STATUS = "met on the rule only"
+"""Status of a target met on the paper's intersection rule by a model whose strict (IoU > 0.5) F1 is 0."""
+
+
 def targets_table(targets: Any) -> Table:
-    """The issue's targets with this run's values: met, MISSED or not measured.
+    """The issue's targets with this run's values: met, MISSED, not measured, or met on the rule only.
 
     Args:
-        targets: ``results["targets"]``, a list of ``{"name", "value", "target", "met", "note"}``.
+        targets: ``results["targets"]``, a list of ``{"name", "value", "target", "met", "note"}``, each
+            with an optional ``"caveat"``: why a met target is not evidence (see ``custom.pipeline.results``).
 
     Returns:
         One row per target.
@@ -185,12 +191,16 @@ def targets_table(targets: Any) -> Table:
             raise ResultsValueError(f"targets[{i}] is {target!r}, expected an object")
         met = target.get("met")
         status, style = {True: ("met", "met"), False: ("MISSED", "missed")}.get(met, ("not measured", "not-run"))
+        note = str(target.get("note") or "")
+        if met is True and target.get("caveat"):
+            status, style = CAVEAT_STATUS, "not-run"
+            note = "; ".join(filter(None, [str(target["caveat"]), note]))
         rows.append([
             str(target.get("name", f"target {i + 1}")),
             format_value(number(target, "value", f"targets[{i}]")),
             str(target.get("target", "")),
             status,
-            str(target.get("note") or ""),
+            note,
         ])
         classes.append(style)
     return Table("Targets", ["Target", "Value (this run)", "Required", "Status", "Note"], rows,
