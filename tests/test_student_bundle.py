@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -280,3 +281,42 @@ def test_multi_gpu_config_with_two_gloo_processes(workspace) -> None:
     assert not any(k.startswith("module.") for k in state["model"])  # saved unwrapped: loads without DDP
     best = torch.load(root / "ddp" / "models" / "model.pt", weights_only=False)
     assert not any(k.startswith("module.") for k in best)
+
+
+def test_positive_patches_do_not_centre_the_embolus(tmp_path) -> None:
+    """Positive patches hold an embolus voxel anywhere in the patch, not at its centre.
+
+    ``RandCropByPosNegLabeld`` centres each positive patch on a foreground voxel. A student trained on
+    such patches learned the position instead of the embolus: at inference every cluster it found sat
+    at a sliding-window centre (session 10, README "Does the demo recipe learn at all?"). The configs
+    crop ``sampling_size`` (patch + 2 x margin) around the voxel, then a random ``patch_size`` part of it,
+    so the voxel lies anywhere in the central 3/4 of the patch.
+    """
+    shape = (192, 192, 96)  # the synthetic cohort's grid
+    image, label = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    label[90:93, 100:103, 45:47] = 1.0  # one small embolus
+    image[label > 0] = 40.0
+    data = tmp_path / "data"
+    data.mkdir()
+    nib.save(nib.Nifti1Image(image, np.eye(4)), data / "img.nii.gz")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), data / "lab.nii.gz")
+    parser = _parsed("train.json", "demo.json")
+    parser.update({"bundle_root": str(tmp_path), "samples_per_study": 1, "train#random_transforms#0#neg": 0})
+    patch = parser.get_parsed_content("patch_size")
+    assert parser.get_parsed_content("sampling_size") == [s + 2 * (s // 2 - s // 8) for s in patch]
+    transform = parser.get_parsed_content("train#preprocessing", instantiate=True)
+    transform.set_random_state(seed=0)
+    offsets, empty = [], 0
+    for _ in range(60):
+        sample = transform({"image": str(data / "img.nii.gz"), "label": str(data / "lab.nii.gz")})[0]
+        assert sample["image"].shape[1:] == tuple(patch)
+        foreground = sample["label"][1].numpy() > 0
+        if not foreground.any():  # the affine can rotate an embolus near the edge out of the patch
+            empty += 1
+            continue
+        centre = np.argwhere(foreground).mean(axis=0)
+        offsets.append(centre - (np.asarray(patch) - 1) / 2)
+    assert empty <= 6
+    spread = np.std(offsets, axis=0) / np.asarray(patch)
+    # uniform over the central 3/4 of the patch gives a std of 0.22 of its size; centred crops give ~0.015
+    assert (spread > 0.15).all(), spread
