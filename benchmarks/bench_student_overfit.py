@@ -1,6 +1,6 @@
 """Can the demo student fit a handful of fixed embolus patches? A sanity check of the optimisation (issue 6).
 
-Takes ``n_patches`` embolus-centred training patches through the student bundle's own training
+Takes ``n_patches`` embolus-holding training patches through the student bundle's own training
 transforms (``train.json`` + ``demo.json``), then trains the demo network on them alone with AdamW
 and prints, every ``log_every`` steps, the voxel AUC and soft Dice on those same patches. A recipe
 that cannot fit 8 patches cannot learn the cohort; one that can, may.
@@ -27,7 +27,7 @@ CONFIGS = REPO / "bundles" / "dynunet_student" / "configs"
 
 
 def fixed_patches(work_dir: Path, n_patches: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n_patches`` embolus-centred ``(image, one-hot label)`` patches from the annotated training studies."""
+    """``n_patches`` embolus-holding ``(image, one-hot label)`` patches from the annotated training studies."""
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
 

@@ -46,7 +46,7 @@ _DICECE = {"_target_": "DiceCELoss", "include_background": False, "to_onehot_y":
 CANDIDATES: dict[str, dict[str, Any]] = {
     # the paper's loss (Generalized Dice, background included, batch statistics): the bundle default
     "gdl": {},
-    # the paper's loss with three foreground-centred patches for each random one
+    # the paper's loss with three embolus-holding patches for each random one
     "gdl_pos3": {"train#random_transforms#0#pos": 3},
     # Generalized Dice plus a focal term: a per-voxel gradient while the Dice term is still flat
     "gdl_focal": {"loss": _GDL_FOCAL},
@@ -58,7 +58,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "gdl_prior": {"foreground_prior": 0.01},
     "gdl_prior_nomixup": {"foreground_prior": 0.01, "train#prepare_batch": "$monai.engines.default_prepare_batch"},
     "dicece_prior": {"foreground_prior": 0.01, "loss": _DICECE},
-    # aimed at the 1:5000 imbalance: three embolus-centred patches per random one, a 3x learning rate,
+    # aimed at the 1:5000 imbalance: three embolus-holding patches per random one, a 3x learning rate,
     # and either Dice + cross-entropy or the paper's Generalized Dice + a focal term (Lin et al. 2017
     # pair the focal loss with the prior initialisation)
     "dicece_prior_pos3_lr3": {"foreground_prior": 0.01, "loss": _DICECE, "train#random_transforms#0#pos": 3, "learning_rate": 3e-3},

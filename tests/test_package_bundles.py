@@ -26,6 +26,7 @@ from custom.packaging import package_bundle, sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
 STUDENT = REPO / "bundles" / "dynunet_student"
+VERSION = json.loads((STUDENT / "configs" / "metadata.json").read_text())["version"]
 TINY = {"patch_size": "[64,64,32]", "network_filters": "[4,8,8,8,8,8]", "num_workers": "0"}
 AFFINE = np.array([[-0.8, 0.0, 0.0, 10.0], [0.0, -0.8, 0.0, 20.0], [0.0, 0.0, 2.0, -50.0], [0.0, 0.0, 0.0, 1.0]])
 
@@ -61,7 +62,7 @@ def tiny_student(tmp_path_factory) -> dict[str, Path]:
 
 def test_zip_layout_large_files_and_reproducibility(tiny_student, tmp_path) -> None:
     zip_path = package_bundle(STUDENT, tmp_path / "dist", tiny_student["models"], url_base="https://example.org/b")
-    assert zip_path.name == "dynunet_student_v0.1.0.zip"
+    assert zip_path.name == f"dynunet_student_v{VERSION}.zip"
     with zipfile.ZipFile(zip_path) as archive:
         names = archive.namelist()
         large_files = yaml.safe_load(archive.read("dynunet_student/large_files.yml"))
@@ -107,7 +108,7 @@ def test_downloaded_bundle_infers_like_the_repository(tiny_student, tmp_path) ->
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    zip_path = tmp_path / "dist" / "dynunet_student_v0.1.0.zip"
+    zip_path = tmp_path / "dist" / f"dynunet_student_v{VERSION}.zip"
     assert f"wrote {zip_path}" in result.stdout
 
     downloads = tmp_path / "downloads"
