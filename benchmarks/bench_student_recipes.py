@@ -5,7 +5,8 @@ when it trains on reference masks) with a few overrides, run through ``python -m
 the studies of a finished pipeline run (``make demo`` writes ``work/demo``). For each candidate it
 records the validation cluster F1 after every epoch (the bundle's key metric, from its log) and, on
 the test split, the cluster-matching sensitivity / PPV / F1, the strict (IoU > 0.5) F1, the FROC
-average sensitivity and the embolus voxel AUC (threshold-free: has it learned anything?) of the best
+average sensitivity, the embolus voxel AUC (threshold-free: has it learned anything?) and the share of
+predicted clusters at sliding-window centres (has it learned the patch position instead?) of the best
 checkpoint, inferred and scored with the bundle's inference config
 and ``scripts/score.py``, i.e. exactly as the pipeline does.
 
@@ -27,11 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import fire
 import nibabel as nib
 import numpy as np
+from monai.bundle import ConfigParser
+from monai.data.utils import dense_patch_slices
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -151,6 +154,35 @@ def intensity_voxel_auc(pred_dir: str | Path, reference_dir: str | Path, image_d
     return voxel_auc(pairs())
 
 
+def window_centres(shape: Sequence[int], patch_size: Sequence[int], overlap: float) -> list[np.ndarray]:
+    """Per axis, the centres of the windows MONAI's ``sliding_window_inference`` places on ``shape``
+    (``patch_size`` and ``overlap`` as in the inference config; the last window ends at the border)."""
+    shape = [max(int(s), int(p)) for s, p in zip(shape, patch_size)]  # the inferer pads a smaller study
+    interval = [p if p == s else max(1, int(p * (1 - overlap))) for s, p in zip(shape, patch_size)]
+    slices = dense_patch_slices(shape, [int(p) for p in patch_size], interval)
+    return [np.unique([(w[axis].start + w[axis].stop - 1) / 2 for w in slices]) for axis in range(len(shape))]
+
+
+def window_centre_fraction(pred_dir: str | Path, patch_size_xyz: Sequence[int], overlap: float,
+                           tolerance: float = 2.0) -> float | None:
+    """Share of a student's predicted clusters (``pred_dir/*_clusters.json``) whose centroid lies within
+    ``tolerance`` voxels of a sliding-window centre on every axis; ``None`` without clusters.
+
+    A student that has learned where a training patch puts its embolus instead of what an embolus
+    looks like predicts at the windows' centres (near 1); clusters placed independently of the
+    windows give about the product over axes of ``windows x (2 x tolerance + 1) / size`` (under 0.01
+    for the demo's 64x64x32 windows at overlap 0.25 on 192x192x96 studies).
+    """
+    hits = total = 0
+    for path in sorted(Path(pred_dir).glob("*_clusters.json")):
+        study = json.loads(path.read_text())
+        centres_zyx = window_centres(study["shape_zyx"][::-1], patch_size_xyz, overlap)[::-1]
+        for cluster in study["clusters"]:
+            total += 1
+            hits += all(np.abs(c - float(x)).min() <= tolerance for c, x in zip(centres_zyx, cluster["centroid_zyx"]))
+    return hits / total if total else None
+
+
 def _run(command: list[str], log: Path) -> float:
     """Run ``command`` with its output in ``log``; return its wall seconds; raise with the log's tail on failure."""
     start = time.perf_counter()
@@ -199,7 +231,15 @@ def run_candidate(
         "test_strict_f1": strict.get("f1"),
         "test_froc_average_sensitivity": froc.get("average_sensitivity"),
         "test_embolus_voxel_auc": embolus_voxel_auc(root / "output", prepared / "labels"),
+        "test_clusters_at_window_centres": window_centre_fraction(root / "output", *_inference_windows()),
     }
+
+
+def _inference_windows() -> tuple[list[int], float]:
+    """``patch_size`` and ``sw_overlap`` of the student's demo inference (``inference.json`` + ``demo.json``)."""
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / "dynunet_student" / "configs" / n) for n in ("inference.json", "demo.json")])
+    return list(parser["patch_size"]), float(parser["sw_overlap"])
 
 
 def main(
@@ -234,7 +274,7 @@ def main(
     out.mkdir(parents=True, exist_ok=True)
     results_path = Path(results) if results else out / "results.jsonl"
     print(f"{'candidate':<12} {'labels':<9} {'train min':>9}  {'validation F1 by epoch':<30} {'test sens':>9} {'PPV':>6} "
-          f"{'F1':>6} {'strict F1':>9} {'FROC':>6} {'voxel AUC':>9} {'CT values':>9}")
+          f"{'F1':>6} {'strict F1':>9} {'FROC':>6} {'voxel AUC':>9} {'CT values':>9} {'at centres':>10}")
     baseline = None  # the CT values' AUC: the same test studies for every candidate, so computed once
     for name in names:
         row = run_candidate(name, CANDIDATES[name], Path(work_dir), labels, out, iterations, epochs, learning_rate)
@@ -248,7 +288,12 @@ def main(
         val = ", ".join(f"{v:.3f}" for v in row["validation_f1"] if v is not None)
         print(f"{name:<12} {labels:<9} {row['train_minutes']:9.1f}  {val:<30} {t['sensitivity'] or 0:9.3f} {t['ppv'] or 0:6.3f} "
               f"{t['f1'] or 0:6.3f} {row['test_strict_f1'] or 0:9.3f} {row['test_froc_average_sensitivity'] or 0:6.3f} "
-              f"{row['test_embolus_voxel_auc']:9.3f} {row['test_intensity_voxel_auc']:9.3f}", flush=True)
+              f"{row['test_embolus_voxel_auc']:9.3f} {row['test_intensity_voxel_auc']:9.3f} "
+              f"{_fraction(row['test_clusters_at_window_centres']):>10}", flush=True)
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

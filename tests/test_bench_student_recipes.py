@@ -1,6 +1,7 @@
 """The student recipe benchmark (issue 6): its candidates are valid overrides of the bundle's configs,
 and it reads the validation curve the bundle logs."""
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,26 @@ def test_embolus_voxel_auc_ranks_embolus_voxels_against_the_rest(bench, tmp_path
     _write(pred / "s1_prob.nii.gz", np.zeros((8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="s1_prob.nii.gz: shape"):
         bench.embolus_voxel_auc(pred, ref)
+
+
+def test_window_centres_follow_monai_sliding_window(bench) -> None:
+    """The windows of ``sliding_window_inference`` on a demo study: 64x64x32 at overlap 0.25 on 192x192x96."""
+    x, y, z = bench.window_centres((192, 192, 96), (64, 64, 32), 0.25)
+    assert list(x) == list(y) == [31.5, 79.5, 127.5, 159.5]  # step 48, the last window ends at the border
+    assert list(z) == [15.5, 39.5, 63.5, 79.5]
+    assert [list(c) for c in bench.window_centres((64, 40, 10), (64, 64, 32), 0.5)] == [[31.5], [31.5], [15.5]]
+
+
+def test_window_centre_fraction_flags_a_student_that_learned_the_position(bench, tmp_path) -> None:
+    def study(name, centroids_zyx):
+        clusters = [{"centroid_zyx": list(c), "voxels": 20} for c in centroids_zyx]
+        (tmp_path / f"{name}_clusters.json").write_text(json.dumps({"shape_zyx": [96, 192, 192], "clusters": clusters}))
+
+    assert bench.window_centre_fraction(tmp_path, (64, 64, 32), 0.25) is None  # no clusters
+    study("a", [(16, 80, 127), (40.2, 160, 31)])  # at window centres (within 2 voxels on every axis)
+    study("b", [(16, 80, 110), (50, 100, 100)])  # off-centre on one axis / on all
+    assert bench.window_centre_fraction(tmp_path, (64, 64, 32), 0.25) == pytest.approx(0.5)
+    assert bench.window_centre_fraction(tmp_path, (64, 64, 32), 0.25, tolerance=20) == pytest.approx(0.75)
 
 
 def test_intensity_baseline_scores_the_ct_values_in_the_window(bench, tmp_path) -> None:
