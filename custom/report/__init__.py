@@ -25,7 +25,7 @@ peak memory per stage. The markdown links its figures as ``W/figures/<name>.png`
                     "n_studies", "train_minutes"}
          froc = {"fp_per_study": [...], "sensitivity": [...], "average_sensitivity"}
      "stages": [{"name", "seconds", "peak_memory_mb", "status", "summary"}],
-     "targets": [{"name", "value", "target", "met", "note"}],
+     "targets": [{"name", "value", "target", "met", "note", "caveat" (optional: why a met target is not evidence)}],
      "overlays": "report_assets/overlays.npz"}
 
 A section that is missing, ``null``, a string, or ``{"reason": "..."}`` is shown as "not run in this
