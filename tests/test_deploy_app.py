@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "deploy" / "app.py"
 TINY = {"patch_size": [64, 64, 32], "network_filters": [4, 8, 8, 8, 8, 8], "sw_batch_size": 1}
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
+STUDENT_VERSION = json.loads((REPO / "bundles" / "dynunet_student" / "configs" / "metadata.json").read_text())["version"]
 
 
 def _run_app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -154,7 +155,7 @@ def test_torchscript_export_gives_the_same_findings(deployed) -> None:
     bundle = json.loads((deployed["bundle"] / "findings.json").read_text())
     scripted = json.loads((deployed["torchscript"] / "findings.json").read_text())
     assert scripted["model"]["kind"] == "torchscript" and bundle["model"]["kind"] == "bundle"
-    assert scripted["model"]["version"] == bundle["model"]["version"] == "0.1.0"
+    assert scripted["model"]["version"] == bundle["model"]["version"] == STUDENT_VERSION
     assert [c["voxels"] for c in scripted["clusters"]] == [c["voxels"] for c in bundle["clusters"]]
     assert [c["slice_range"] for c in scripted["clusters"]] == [c["slice_range"] for c in bundle["clusters"]]
     np.testing.assert_allclose([c["max_probability"] for c in scripted["clusters"]],
