@@ -77,6 +77,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
                                        "train#random_transforms#0#pos": 3, "train#prepare_batch": "$monai.engines.default_prepare_batch"},
 }
 
+#: the student configs every candidate is inferred with (the demo's windows)
+INFERENCE_CONFIGS = ("inference.json", "demo.json")
+
 _METRICS = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)")
 
 
@@ -215,7 +218,7 @@ def run_candidate(
         train["annotated_fraction"] = 1.0
     train_s = _run(bundle_command("dynunet_student", configs, "training", **train), root / "train.log")
     curve = validation_curve((root / "train.log").read_text())
-    infer_s = _run(bundle_command("dynunet_student", ["inference.json", "demo.json"], None, **common, datalist_key="test",
+    infer_s = _run(bundle_command("dynunet_student", list(INFERENCE_CONFIGS), None, **common, datalist_key="test",
                                   ckpt_dir=str(root / "models"), output_dir=str(root / "output"), overwrite=True),
                    root / "infer.log")
     metrics = root / "test_metrics.json"
@@ -236,9 +239,9 @@ def run_candidate(
 
 
 def _inference_windows() -> tuple[list[int], float]:
-    """``patch_size`` and ``sw_overlap`` of the student's demo inference (``inference.json`` + ``demo.json``)."""
+    """``patch_size`` and ``sw_overlap`` of the candidates' inference (:data:`INFERENCE_CONFIGS`)."""
     parser = ConfigParser()
-    parser.read_config([str(REPO / "bundles" / "dynunet_student" / "configs" / n) for n in ("inference.json", "demo.json")])
+    parser.read_config([str(REPO / "bundles" / "dynunet_student" / "configs" / n) for n in INFERENCE_CONFIGS])
     return list(parser["patch_size"]), float(parser["sw_overlap"])
 
 
