@@ -303,3 +303,24 @@ def test_cli_writes_a_cohort(tmp_path):
         timeout=120,
     )
     assert clash.returncode == 2 and "differs in seed" in clash.stderr
+
+
+def test_mimic_mask_holds_each_confounder_region():
+    """``mimic_mask`` labels confounder ``k - 1`` with ``k``; its voxels are the ones the record counts."""
+    found = set()
+    for index in range(3):
+        study = generate_study(index, 21, PhantomConfig(shape=(48, 128, 128), positive_rate=0.5))
+        assert study.mimic_mask is not None and study.mimic_mask.shape == study.mask.shape and study.mimic_mask.dtype == np.int16
+        regions = [c for c in study.confounders if c["kind"] != "partial_volume"]
+        assert study.confounders[-1]["kind"] == "partial_volume"  # the diffuse entry comes last and has no region
+        assert int(study.mimic_mask.max()) <= len(regions)
+        for label, confounder in enumerate(regions, start=1):
+            here = study.mimic_mask == label
+            # overlapping mimics keep the first one's label, so a later region may hold fewer voxels
+            assert np.count_nonzero(here) <= confounder["voxels"]
+            if confounder["voxels"] and np.count_nonzero(here):
+                z = np.flatnonzero(here.any(axis=(1, 2)))
+                assert confounder["z_range"][0] <= z[0] and z[-1] <= confounder["z_range"][1]
+            found.add(confounder["kind"])
+        assert not np.any((study.mimic_mask > 0) & (study.mask > 0)), "a mimic region covers an embolus"
+    assert {"lymph_node", "unopacified_vein"} <= found

@@ -186,6 +186,10 @@ class SyntheticStudy:
         artery_mask: bool, lumen of the pulmonary arteries (partial-volume occupancy >= 0.5).
         vein_mask: bool, lumen of the pulmonary veins not covered by arteries.
         body_mask: bool, inside the patient's body.
+        mimic_mask: int16 ``(Z, Y, X)``: ``k`` where confounder ``k - 1`` of ``confounders`` lies (its
+            region, the voxels its ``voxels`` count describes), 0 elsewhere; the diffuse
+            ``partial_volume`` entry has no region. Used to say what false detections fall on
+            (``benchmarks/analyse_false_clusters.py``).
     """
 
     index: int
@@ -201,6 +205,7 @@ class SyntheticStudy:
     artery_mask: np.ndarray
     vein_mask: np.ndarray
     body_mask: np.ndarray = field(repr=False)
+    mimic_mask: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def pe_present(self) -> bool:
@@ -330,8 +335,13 @@ class _StudyBuilder:
         partial = int(np.count_nonzero(vessel_edge & (hu >= 20.0) & (hu <= 70.0) & (mask == 0)))
         hu = self._finish(hu)
 
-        confounders = [self._describe_stretch(item, hu) for item in flow + unopacified]
-        confounders += [self._describe_node(item, hu, artery_mask) for item in nodes]
+        regions = [self._stretch_region(item) for item in flow + unopacified]
+        regions += [self._node_region(item, artery_mask) for item in nodes]
+        confounders = [self._describe_stretch(item, hu, *region) for item, region in zip(flow + unopacified, regions)]
+        confounders += [self._describe_node(item, hu, *region) for item, region in zip(nodes, regions[len(flow + unopacified):])]
+        mimic_mask = np.zeros(grid.shape, dtype=np.int16)
+        for label, (region, _core) in enumerate(regions, start=1):
+            mimic_mask[region & (mimic_mask == 0)] = label
         confounders.append({"kind": "partial_volume", "voxels": partial, "hu_range": [20, 70]})
         for embolus in emboli:
             self._describe_embolus(embolus, defect_voxels[embolus.label], hu, artery_mask)
@@ -350,6 +360,7 @@ class _StudyBuilder:
             artery_mask=artery_mask,
             vein_mask=(vein_occ >= 0.5) & ~artery_mask,
             body_mask=body,
+            mimic_mask=mimic_mask,
         )
 
     # ---------------------------------------------------------------- vessels
@@ -528,12 +539,16 @@ class _StudyBuilder:
             view = hu[slices]
             view += weight * (value - view)
 
-    def _describe_stretch(self, item: dict, hu: np.ndarray) -> dict:
+    def _stretch_region(self, item: dict) -> tuple[np.ndarray, np.ndarray]:
+        """``(region, core)`` of a vessel stretch: its voxels at weight >= 0.5 and >= 0.95."""
         region = np.zeros(self.grid.shape, dtype=bool)
         core = np.zeros(self.grid.shape, dtype=bool)
         for slices, weight, _ in self._stretch_weights(item):
             region[slices] |= weight >= 0.5
             core[slices] |= weight >= 0.95
+        return region, core
+
+    def _describe_stretch(self, item: dict, hu: np.ndarray, region: np.ndarray, core: np.ndarray) -> dict:
         return {
             "kind": item["kind"],
             "vessel": item["branch"].name,
@@ -579,7 +594,8 @@ class _StudyBuilder:
             view = hu[slices]
             view += occ * (np.float32(item["hu"]) - view)
 
-    def _describe_node(self, item: dict, hu: np.ndarray, artery_mask: np.ndarray) -> dict:
+    def _node_region(self, item: dict, artery_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(region, core)`` of a lymph node outside the arteries: occupancy >= 0.5 and >= 0.95."""
         region = np.zeros(self.grid.shape, dtype=bool)
         core = np.zeros(self.grid.shape, dtype=bool)
         found = self._node_occupancy(item)
@@ -587,6 +603,9 @@ class _StudyBuilder:
             slices, occ = found
             region[slices] = (occ >= 0.5) & ~artery_mask[slices]
             core[slices] = (occ >= 0.95) & ~artery_mask[slices]
+        return region, core
+
+    def _describe_node(self, item: dict, hu: np.ndarray, region: np.ndarray, core: np.ndarray) -> dict:
         return {"kind": "lymph_node", "vessel": item["vessel"], "hu": round(item["hu"], 1), **_region_stats(region, hu, core)}
 
     # ------------------------------------------------------------------ emboli
