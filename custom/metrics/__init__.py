@@ -1,4 +1,5 @@
-"""Evaluation of PE localisation: per-PE cluster matching, its strict IoU variant, FROC, Ignite handler.
+"""Evaluation of PE localisation: per-PE cluster matching, its strict IoU variant, FROC, Ignite handler,
+and where detections fall (:mod:`custom.metrics.detection_sites`, a diagnostic).
 
 See :mod:`custom.metrics.cluster_matching` for the matching rules and the 0/0 conventions.
 """
@@ -13,6 +14,7 @@ from custom.metrics.cluster_matching import (
     label_clusters,
     match_clusters,
 )
+from custom.metrics.detection_sites import DetectionSite, detection_sites, regions_touched, site_counts
 from custom.metrics.froc import (
     FP_RATES,
     DetectionScores,
@@ -35,15 +37,19 @@ __all__ = [
     "ClusterMatchingMetricHandler",
     "ClusterOverlaps",
     "DetectionScores",
+    "DetectionSite",
     "FROCResult",
     "average_sensitivity",
     "cluster_overlaps",
     "count_matches",
     "detection_confidences",
+    "detection_sites",
     "froc_curve",
     "froc_from_scores",
     "label_clusters",
     "match_clusters",
+    "regions_touched",
     "score_detections",
     "sensitivity_at",
+    "site_counts",
 ]
