@@ -70,6 +70,11 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         assert (work / model / "eval" / "test_metrics.json").is_file() or model in results["students"]
     assert {"student", "finetuned", "random_init"} <= set(results["students"])
     assert "1" in results["teacher"]["runs"] and "5" in results["teacher"]["runs"]
+    # where the test detections lie: every model, on the test studies with a reference
+    sites = results["detection_sites"]
+    assert set(sites["models"]) == {"teacher", "student", "finetuned", "random_init"}
+    assert sites["n_studies"] == len([e for e in datalist["test"] if e.get("label")])
+    assert sum(sites["volume_share"].values()) == pytest.approx(1.0)
 
     report = (work / "report.md").read_text()
     html = (work / "report.html").read_text()

@@ -69,6 +69,13 @@ def _results() -> dict:
                      "finetuned": _metrics(0.7391, 0.4488, 8), "random_init": _metrics(0.6821, 0.3972, 8)},
         "baselines": {"hu_threshold": {**_metrics(0.0213, 0.0041, 10), "train_minutes": None,
                                        "rule": "20 <= HU <= 70"}},
+        "detection_sites": {
+            "sites": ["lymph_node", "vein", "outside"], "n_studies": 10, "threshold": 0.5, "min_share": 0.2,
+            "volume_share": {"lymph_node": 0.000271, "vein": 0.0021, "outside": 0.6},
+            "models": {"student": {"false_detections": {"lymph_node": 25, "vein": 46, "outside": 53},
+                                   "true_detections": {"lymph_node": 0, "vein": 1, "outside": 0},
+                                   "mimics_touched": {"lymph_node": {"touched": 28, "total": 52}},
+                                   "emboli_touched": {"touched": 6, "total": 36}}}},
         "stages": [{"name": "synthesize", "seconds": 123.4, "peak_memory_mb": 1843.0, "status": "done",
                     "summary": "47 studies | in W/cohort"},
                    {"name": "teacher_1", "seconds": 0.0, "peak_memory_mb": None, "status": "skipped (outputs exist)",
@@ -86,7 +93,8 @@ def _results() -> dict:
 EXPECTED = ["0.935", "0.917", "0.728", "0.413", "0.952", "0.684", "211", "6.8", "0.512", "0.617", "0.431", "0.527",
             "0.639", "0.448", "0.703", "0.739", "0.682", "0.021", "0.352", "0.413", "0.449", "0.397", "0.004", "1.42",
             "3.3", "123.4", "1843", "0.487", "0.272", "587", "9071", "261 to 436", "118 to 197", "flow_artifact 5",
-            "central 7", "12.3 s per study", "0.314", "47", "0.593", "4, best"]
+            "central 7", "12.3 s per study", "0.314", "47", "0.593", "4, best", "0.027 %", "28 of 52 (54 %)",
+            "6 of 36 (17 %)", "46 (37 %)"]
 
 
 def _write_overlays(path: Path, n: int = 2, size: int = 40) -> None:
@@ -168,9 +176,9 @@ class _TagBalance(HTMLParser):
 def test_order_paper_columns_and_missed_target(rendered):
     _, markdown, html = rendered
     titles = re.findall(r"^## (.+)$", markdown, flags=re.M)
-    assert [t.split()[0] for t in titles] == ["Targets", "Cohort", "Stage", "Stage", "Stage", "Stage", "Fig.", "Fig.",
-                                              "FROC", "Wall"]
-    assert "Table 2 analog" in titles[3] and "Table 3 analog" in titles[4] and "Fig. 4" in titles[6]
+    assert [t.split()[0] for t in titles] == ["Targets", "Cohort", "Stage", "Stage", "Stage", "Stage", "Where", "Fig.",
+                                              "Fig.", "FROC", "Wall"]
+    assert "Table 2 analog" in titles[3] and "Table 3 analog" in titles[4] and "Fig. 4" in titles[7]
     # the paper's numbers only in columns headed "paper (real data)": teacher 64.4, student 71.6, fine-tuned 75.5
     header = next(line for line in markdown.splitlines() if line.startswith("| Model | Test studies"))
     assert header.rstrip(" |").endswith("paper (real data) F1")
@@ -218,6 +226,27 @@ def test_reasons_and_partial_sections(tmp_path):
     assert "0.021" in hu_row and "| n/a |" in hu_row  # no training time for a threshold
 
 
+def test_detection_sites_rows(rendered):
+    _, markdown, _ = rendered
+    part = markdown.split("## Where the false detections lie")[1].split("\n## ")[0]
+    assert "| share of the volume (10 test studies) |  | 0.027 % | 0.21 % | 60 % |" in part
+    assert "| DynUNet student (pseudo-labels) | 124 | 25 (20 %) | 46 (37 %) | 53 (43 %) |" in part
+    assert "| Model | lymph nodes | emboli |" in part
+    assert "| DynUNet student (pseudo-labels) | 28 of 52 (54 %) | 6 of 36 (17 %) |" in part
+
+
+def test_detection_sites_not_run_on_real_data(tmp_path):
+    results = _results()
+    results["detection_sites"] = {"reason": "needs the synthetic cohort's records of where the mimics are"}
+    markdown, _ = _render(tmp_path, results)
+    part = markdown.split("## Where the false detections lie")[1].split("##")[0]
+    assert "Not run in this profile: needs the synthetic cohort's records" in part and "|" not in part
+    results["detection_sites"]["sites"] = "lymph_node"
+    del results["detection_sites"]["reason"]
+    with pytest.raises(InputError, match="detection_sites.sites"):
+        _render(tmp_path, results)
+
+
 def test_failed_stage_and_cli(tmp_path):
     results = _results()
     results["stages"][1] |= {"status": "failed", "summary": "teacher_1: exit code 3"}
@@ -230,7 +259,7 @@ def test_failed_stage_and_cli(tmp_path):
 
 def test_minimal_results_show_no_numbers(tmp_path):
     markdown, html = _render(tmp_path, {"profile": "demo"})
-    assert markdown.count("ot run in this profile") == 10
+    assert markdown.count("ot run in this profile") == 11
     assert re.findall(r"\d\.\d", markdown) == []  # nothing but the run's numbers, and there are none
     assert "<img" not in html and not (tmp_path / "figures").exists()
 

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from custom.io.atomic import write_json_atomic
+from custom.io.errors import InputError
 from custom.io.nifti import read_volume
 
 if TYPE_CHECKING:
     from custom.pipeline.run import PipelineRun
 
-__all__ = ["collect_results", "cohort_card", "hu_threshold_baseline"]
+__all__ = ["collect_results", "cohort_card", "false_detection_sites", "hu_threshold_baseline"]
 
 # HU range of a filling defect (issue 2: 20-70 HU); the baseline thresholds the whole volume with it.
 EMBOLUS_HU_RANGE = (20.0, 70.0)
@@ -91,6 +92,35 @@ def hu_threshold_baseline(run: PipelineRun) -> dict[str, Any]:
         total = total + match_clusters(prediction, reference > 0)
         n += 1
     return {**total.as_dict(n), "n_studies": n, "rule": f"{EMBOLUS_HU_RANGE[0]:g} <= HU <= {EMBOLUS_HU_RANGE[1]:g}"}
+
+
+def false_detection_sites(run: PipelineRun) -> dict[str, Any]:
+    """Where the teacher's and the students' test detections lie (:mod:`custom.synth.sites`; synthetic cohorts only).
+
+    Returns:
+        The analysis of :func:`custom.synth.sites.analyse_predictions` on the test split, or ``{"reason": ...}``
+        when it cannot run (real data, no predictions, or a cohort the generator no longer reproduces).
+    """
+    from custom.pipeline.student_stages import MODELS
+
+    if not run.synthetic:
+        return {"reason": "needs the synthetic cohort's records of where the mimics are"}
+    cohort = _load(run.cohort / "cohort.json")
+    if not cohort:
+        return {"reason": f"{run.cohort / 'cohort.json'} not found"}
+    folders = {"teacher": run.path("teacher", "output", "pseudo")}
+    folders.update({name: run.path("student", output) for name, (_, _, _, output) in MODELS.items()})
+    folders = {name: folder for name, folder in folders.items() if folder.is_dir() and any(folder.glob("*.nii.gz"))}
+    datalist = json.loads((run.prepared / "datalist.json").read_text())
+    uids = [entry["study_uid"] for entry in datalist.get("test", []) if entry.get("label")]
+    if not folders or not uids:
+        return {"reason": "no test predictions with reference masks"}
+    from custom.synth.sites import analyse_predictions
+
+    try:
+        return analyse_predictions(folders, run.prepared / "labels", cohort, uids)
+    except (ValueError, InputError) as error:
+        return {"reason": str(error)}
 
 
 def _classifier(run: PipelineRun) -> dict[str, Any]:
@@ -190,6 +220,7 @@ def collect_results(run: PipelineRun) -> dict[str, Any]:
         "teacher": teacher_results(run),
         "students": student_results(run),
         "baselines": {"hu_threshold": hu_threshold_baseline(run)},
+        "detection_sites": false_detection_sites(run),
         "stages": list(stages.values()),
     }
     overlays = overlay_assets(run)

@@ -4,6 +4,7 @@
 figures of Condrea et al. 2025: a targets table, a cohort card, Table 1 (slice classifier and pointing
 game, with the validation AUC curve), Table 2 (iterative refinement), Table 3 (cluster filtering),
 Tables 4-5 (teacher, student, fine-tuned, random init, strict IoU > 0.5 matching, HU-threshold baseline),
+where the false detections lie (synthetic cohorts),
 Fig. 4 (metrics against iteration, iterations used), Fig. 2 (overlays), FROC curves, and wall time and
 peak memory per stage. The markdown links its figures as ``W/figures/<name>.png``; the HTML embeds them.
 
@@ -21,6 +22,9 @@ peak memory per stage. The markdown links its figures as ``W/figures/<name>.png`
                 "seconds_per_study"}
      "students": {"teacher" | "student" | "finetuned" | "random_init": metrics},
      "baselines": {"hu_threshold": metrics},
+     "detection_sites": {"sites": [...], "volume_share": {site: fraction}, "n_studies",
+                         "models": {model: {"false_detections": {site: n}, "true_detections": {site: n},
+                                            "mimics_touched": {kind: {"touched", "total"}}, "emboli_touched": {...}}}},
          metrics = {"sensitivity", "ppv", "f1", "tp", "fp", "fn", "fp_per_study", "strict": rates, "froc": froc,
                     "n_studies", "train_minutes"}
          froc = {"fp_per_study": [...], "sensitivity": [...], "average_sensitivity"}

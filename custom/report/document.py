@@ -32,6 +32,7 @@ from custom.report.tables import (
     Table,
     classifier_table,
     cohort_table,
+    detection_sites_tables,
     filtering_table,
     format_rate,
     format_value,
@@ -205,6 +206,16 @@ def _students(results: Mapping[str, Any]) -> Section:
     return out
 
 
+def _detection_sites(results: Mapping[str, Any]) -> Section:
+    out = Section("Where the false detections lie (synthetic cohort)")
+    sites = section(results, "detection_sites")
+    if isinstance(sites, NotRun):
+        out.blocks.append(_not_run(sites))
+    else:
+        out.blocks += detection_sites_tables(sites)
+    return out
+
+
 def _refinement_figure(results: Mapping[str, Any]) -> Section:
     out = Section("Fig. 4 analog: refinement iterations")
     teacher = section(results, "teacher")
@@ -320,7 +331,7 @@ def build_report(results: Mapping[str, Any], work_dir: str | os.PathLike) -> Rep
         f"\"{PAPER_COLUMN}\" quote Condrea et al. 2025 (iExplain) on RSPECT for comparison; they are not "
         "results of this run.")])
     sections = [intro, _targets(results), _cohort(results), _classifier(results), *_teacher(results),
-                _students(results), _refinement_figure(results), _overlay_figure(results, work_dir), _froc(results),
+                _students(results), _detection_sites(results), _refinement_figure(results), _overlay_figure(results, work_dir), _froc(results),
                 _stages(results)]
     profile = results.get("profile")
     return Report(f"iExplain pipeline report{f': {profile} profile' if profile else ''}", fields, sections)

@@ -23,6 +23,7 @@ __all__ = [
     "Table",
     "classifier_table",
     "cohort_table",
+    "detection_sites_tables",
     "filtering_table",
     "format_count",
     "format_rate",
@@ -405,6 +406,69 @@ def strict_matching_table(students: Mapping[str, Any] | NotRun, baselines: Mappi
     return Table("Strict matching (IoU > 0.5)", ["Model", "Sensitivity", "PPV", "F1"], rows, row_classes=classes,
                  caption="The stricter criterion of Xu et al.: a detection counts only where its IoU with the "
                          "embolus exceeds 0.5.")
+
+
+#: Headings of the sites of ``detection_sites`` (custom.synth.sites.SITES), in its order.
+SITE_LABELS = {
+    "unopacified_vein": "unopacified vein", "lymph_node": "lymph node", "flow_artifact": "flow artefact",
+    "near_embolus": "next to an embolus", "artery": "artery lumen", "vein": "vein lumen", "lung": "lung",
+    "tissue": "other tissue", "outside": "outside the body",
+}
+
+
+def _site_names(sites: Mapping[str, Any]) -> list[str]:
+    names = sites.get("sites")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ResultsValueError(f"detection_sites.sites is {names!r}, expected a list of names")
+    return names
+
+
+def detection_sites_tables(sites: Mapping[str, Any]) -> list[Table]:
+    """Where each model's false detections lie, against the chance level, and the mimics it touches.
+
+    Args:
+        sites: ``results["detection_sites"]`` (:func:`custom.synth.sites.analyse_predictions`).
+
+    Returns:
+        Two tables: false detections per site (count and share; first row the share of the volume), and
+        the mimics and emboli touched per model.
+    """
+    names = _site_names(sites)
+    share = section(sites, "volume_share", "detection_sites")
+    models = section(sites, "models", "detection_sites")
+    labels = {key: label for _, key, label in MODELS}
+    n = format_count(number(sites, "n_studies", "detection_sites"))
+    rows = [[f"share of the volume ({n} test studies)", "", *(_percent(number(share, k, "detection_sites.volume_share")) for k in names)]]
+    touched_rows = []
+    mimic_kinds: list[str] = []
+    for key, model in ({} if isinstance(models, NotRun) else models).items():
+        w = f"detection_sites.models.{key}"
+        model = section(models, key, "detection_sites.models")
+        false = section(model, "false_detections", w)
+        counts = {k: number(false, k, f"{w}.false_detections") or 0.0 for k in names}
+        total = sum(counts.values())
+        rows.append([labels.get(key, key), format_count(total),
+                     *(f"{format_count(counts[k])} ({_percent(counts[k] / total)})" if total else "0" for k in names)])
+        mimics = section(model, "mimics_touched", w)
+        mimic_kinds = [] if isinstance(mimics, NotRun) else list(mimics)
+        cells = []
+        for kind in mimic_kinds + ["emboli"]:
+            part = section(model, "emboli_touched", w) if kind == "emboli" else section(mimics, kind, f"{w}.mimics_touched")
+            hit, all_ = number(part, "touched", w), number(part, "total", w)
+            cells.append(f"{format_count(hit)} of {format_count(all_)}" + (f" ({_percent(hit / all_)})" if hit is not None and all_ else ""))
+        touched_rows.append([labels.get(key, key), *cells])
+    where = Table("Where the false detections lie", ["Model", "False detections", *(SITE_LABELS.get(k, k) for k in names)], rows,
+                  caption="Each false detection (it touches no reference box) goes to the first site, in column order, "
+                          "that holds at least a fifth of its voxels; mimics are the phantom's own (grown by one voxel). "
+                          "The first row is each site's share of the test studies' volume: the chance level.")
+    touched = Table("Mimics and emboli touched", ["Model", *(f"{SITE_LABELS.get(k, k)}s" for k in mimic_kinds), "emboli"], touched_rows,
+                    caption="How many of the phantom's mimics and emboli any detection touches: a model that touches "
+                            "lymph nodes as often as emboli has not learned to tell them apart.")
+    return [where, touched]
+
+
+def _percent(value: float | None) -> str:
+    return _NA if value is None else f"{100.0 * value:.2g} %" if value < 0.1 else f"{100.0 * value:.0f} %"
 
 
 def stages_table(stages: Any) -> Table:

@@ -4,7 +4,9 @@
   mimics) for tests and tools that need no files;
 - :func:`write_cohort` writes ``train/<study>/<series>/<sop>.dcm``, ``train.csv``, ``boxes.csv``,
   ``masks/<study>.nii.gz`` and ``cohort.json`` (see docs/conventions.md);
-- :func:`summarize_cohort` gives the statistics of a written cohort.
+- :func:`summarize_cohort` gives the statistics of a written cohort;
+- :mod:`custom.synth.sites` (imported on its own: it needs the metrics) says what a model's detections lie on
+  (mimics, lumen, lung, tissue), regenerating the studies of a written cohort.
 """
 
 from custom.synth.phantom import (
