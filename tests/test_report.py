@@ -235,6 +235,22 @@ def test_detection_sites_rows(rendered):
     assert "| DynUNet student (pseudo-labels) | 28 of 52 (54 %) | 6 of 36 (17 %) |" in part
 
 
+def test_detection_sites_of_models_that_did_not_run_or_differ(tmp_path):
+    results = _results()
+    sites = results["detection_sites"]
+    sites["models"]["teacher"] = "the teacher wrote no masks"
+    sites["models"]["random_init"] = {"false_detections": {"vein": 1}, "mimics_touched": {"flow_artifact": {"touched": 1, "total": 3}},
+                                      "emboli_touched": {"touched": 0, "total": 0}}
+    sites["volume_share"]["lymph_node"] = 3e-6
+    markdown, _ = _render(tmp_path, results)
+    part = markdown.split("## Where the false detections lie")[1].split("\n## ")[0]
+    assert "| iExplain teacher (pseudo-labels) | not run | not run | not run | not run |" in part
+    assert "| share of the volume (10 test studies) |  | < 0.01 % |" in part
+    assert "| Model | lymph nodes | flow artefacts | emboli |" in part  # the kinds of every model
+    assert "| random init on annotated subset | n/a | 1 of 3 (33 %) | 0 of 0 |" in part
+    assert "holds at least 0.200 of its voxels" in part
+
+
 def test_detection_sites_not_run_on_real_data(tmp_path):
     results = _results()
     results["detection_sites"] = {"reason": "needs the synthetic cohort's records of where the mimics are"}

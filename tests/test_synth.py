@@ -314,13 +314,20 @@ def test_mimic_mask_holds_each_confounder_region():
         regions = [c for c in study.confounders if c["kind"] != "partial_volume"]
         assert study.confounders[-1]["kind"] == "partial_volume"  # the diffuse entry comes last and has no region
         assert int(study.mimic_mask.max()) <= len(regions)
+        labelled = 0
         for label, confounder in enumerate(regions, start=1):
             here = study.mimic_mask == label
             # overlapping mimics keep the first one's label, so a later region may hold fewer voxels
             assert np.count_nonzero(here) <= confounder["voxels"]
+            labelled += confounder["voxels"] > 0 and np.count_nonzero(here) == confounder["voxels"]
+            if confounder["kind"] == "flow_artifact":
+                assert np.all(study.artery_mask[here]), "a flow artefact lies outside the arteries"
             if confounder["voxels"] and np.count_nonzero(here):
                 z = np.flatnonzero(here.any(axis=(1, 2)))
                 assert confounder["z_range"][0] <= z[0] and z[-1] <= confounder["z_range"][1]
             found.add(confounder["kind"])
         assert not np.any((study.mimic_mask > 0) & (study.mask > 0)), "a mimic region covers an embolus"
+        if regions and regions[0]["voxels"]:
+            assert np.count_nonzero(study.mimic_mask == 1) == regions[0]["voxels"]  # the first region loses nothing
+        assert labelled >= len([c for c in regions if c["voxels"]]) - 1  # overlaps are the exception
     assert {"lymph_node", "unopacified_vein"} <= found

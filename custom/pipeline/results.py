@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from custom.io.atomic import write_json_atomic
-from custom.io.errors import InputError
 from custom.io.nifti import read_volume
 
 if TYPE_CHECKING:
@@ -111,16 +110,16 @@ def false_detection_sites(run: PipelineRun) -> dict[str, Any]:
     folders = {"teacher": run.path("teacher", "output", "pseudo")}
     folders.update({name: run.path("student", output) for name, (_, _, _, output) in MODELS.items()})
     folders = {name: folder for name, folder in folders.items() if folder.is_dir() and any(folder.glob("*.nii.gz"))}
-    datalist = json.loads((run.prepared / "datalist.json").read_text())
-    uids = [entry["study_uid"] for entry in datalist.get("test", []) if entry.get("label")]
-    if not folders or not uids:
-        return {"reason": "no test predictions with reference masks"}
     from custom.synth.sites import analyse_predictions
 
     try:
+        datalist = json.loads((run.prepared / "datalist.json").read_text())
+        uids = [entry["study_uid"] for entry in datalist.get("test", []) if entry.get("label")]
+        if not folders or not uids:
+            return {"reason": "no test predictions with reference masks"}
         return analyse_predictions(folders, run.prepared / "labels", cohort, uids)
-    except (ValueError, InputError) as error:
-        return {"reason": str(error)}
+    except (OSError, KeyError, TypeError, ValueError) as error:  # InputError is a ValueError
+        return {"reason": f"{type(error).__name__}: {error}"}
 
 
 def _classifier(run: PipelineRun) -> dict[str, Any]:

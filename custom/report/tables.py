@@ -424,51 +424,76 @@ def _site_names(sites: Mapping[str, Any]) -> list[str]:
 
 
 def detection_sites_tables(sites: Mapping[str, Any]) -> list[Table]:
-    """Where each model's false detections lie, against the chance level, and the mimics it touches.
+    """Where each model's false detections lie, against the share of the volume, and the mimics it touches.
 
     Args:
         sites: ``results["detection_sites"]`` (:func:`custom.synth.sites.analyse_predictions`).
 
     Returns:
-        Two tables: false detections per site (count and share; first row the share of the volume), and
-        the mimics and emboli touched per model.
+        Two tables: false detections per site (count and share; first row each site's share of the
+        volume), and the mimics and emboli touched per model.
     """
     names = _site_names(sites)
     share = section(sites, "volume_share", "detection_sites")
     models = section(sites, "models", "detection_sites")
     labels = {key: label for _, key, label in MODELS}
     n = format_count(number(sites, "n_studies", "detection_sites"))
+    min_share = number(sites, "min_share", "detection_sites")
     rows = [[f"share of the volume ({n} test studies)", "", *(_percent(number(share, k, "detection_sites.volume_share")) for k in names)]]
-    touched_rows = []
-    mimic_kinds: list[str] = []
-    for key, model in ({} if isinstance(models, NotRun) else models).items():
-        w = f"detection_sites.models.{key}"
-        model = section(models, key, "detection_sites.models")
+    classes: list[str | None] = [None]
+    entries = {} if isinstance(models, NotRun) else {key: section(models, key, "detection_sites.models") for key in models}
+    kinds: list[str] = []
+    for key, model in entries.items():
+        mimics = NotRun() if isinstance(model, NotRun) else section(model, "mimics_touched", f"detection_sites.models.{key}")
+        kinds += [k for k in ({} if isinstance(mimics, NotRun) else mimics) if k not in kinds]
+    touched_rows, touched_classes = [], []
+    for key, model in entries.items():
+        label, w = labels.get(key, key), f"detection_sites.models.{key}"
+        if isinstance(model, NotRun):
+            rows.append([label, _NOT_RUN, *([_NOT_RUN] * len(names))])
+            touched_rows.append([label, *([_NOT_RUN] * (len(kinds) + 1))])
+            classes.append("not-run")
+            touched_classes.append("not-run")
+            continue
         false = section(model, "false_detections", w)
         counts = {k: number(false, k, f"{w}.false_detections") or 0.0 for k in names}
         total = sum(counts.values())
-        rows.append([labels.get(key, key), format_count(total),
+        rows.append([label, format_count(total),
                      *(f"{format_count(counts[k])} ({_percent(counts[k] / total)})" if total else "0" for k in names)])
+        classes.append(None)
         mimics = section(model, "mimics_touched", w)
-        mimic_kinds = [] if isinstance(mimics, NotRun) else list(mimics)
         cells = []
-        for kind in mimic_kinds + ["emboli"]:
-            part = section(model, "emboli_touched", w) if kind == "emboli" else section(mimics, kind, f"{w}.mimics_touched")
+        for kind in kinds + ["emboli"]:
+            part = section(model, "emboli_touched", w) if kind == "emboli" else (
+                mimics if isinstance(mimics, NotRun) else section(mimics, kind, f"{w}.mimics_touched"))
             hit, all_ = number(part, "touched", w), number(part, "total", w)
-            cells.append(f"{format_count(hit)} of {format_count(all_)}" + (f" ({_percent(hit / all_)})" if hit is not None and all_ else ""))
-        touched_rows.append([labels.get(key, key), *cells])
+            cells.append(_NA if hit is None or all_ is None else
+                         f"{format_count(hit)} of {format_count(all_)}" + (f" ({_percent(hit / all_)})" if all_ else ""))
+        touched_rows.append([label, *cells])
+        touched_classes.append(None)
+    rule = "a fifth" if min_share is None else f"{format_value(min_share)}"
     where = Table("Where the false detections lie", ["Model", "False detections", *(SITE_LABELS.get(k, k) for k in names)], rows,
-                  caption="Each false detection (it touches no reference box) goes to the first site, in column order, "
-                          "that holds at least a fifth of its voxels; mimics are the phantom's own (grown by one voxel). "
-                          "The first row is each site's share of the test studies' volume: the chance level.")
-    touched = Table("Mimics and emboli touched", ["Model", *(f"{SITE_LABELS.get(k, k)}s" for k in mimic_kinds), "emboli"], touched_rows,
+                  row_classes=classes,
+                  caption=f"Each false detection (it touches no reference box) goes to the first site, in column order, "
+                          f"that holds at least {rule} of its voxels; mimics are the phantom's own (grown by one voxel). "
+                          "The first row is each site's share of the test studies' volume, a rough baseline: a detection "
+                          "far more often on a site than its share of the volume is drawn to it.")
+    touched = Table("Mimics and emboli touched", ["Model", *(f"{SITE_LABELS.get(k, k)}s" for k in kinds), "emboli"], touched_rows,
+                    row_classes=touched_classes,
                     caption="How many of the phantom's mimics and emboli any detection touches: a model that touches "
                             "lymph nodes as often as emboli has not learned to tell them apart.")
     return [where, touched]
 
 
 def _percent(value: float | None) -> str:
-    return _NA if value is None else f"{100.0 * value:.2g} %" if value < 0.1 else f"{100.0 * value:.0f} %"
+    """A fraction as a percentage: two significant digits below 10 %, none above, ``< 0.01 %`` for tiny ones."""
+    if value is None:
+        return _NA
+    if value == 0:
+        return "0 %"
+    if value < 1e-4:
+        return "< 0.01 %"
+    return f"{100.0 * value:.2g} %" if value < 0.1 else f"{100.0 * value:.0f} %"
 
 
 def stages_table(stages: Any) -> Table:

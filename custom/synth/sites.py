@@ -15,8 +15,11 @@ detection to the first of these *sites* holding at least ``min_share`` of its vo
   ``outside``: outside the body (air, table).
 
 A detection is true when it touches the reference (the filled boxes, as in the metric). Beside the
-counts, the share of the studies' volume each site takes (voxels assigned in the same order) is the
-chance level: a site that holds 0.02 % of the volume and 20 % of the false detections attracts them.
+counts, the share of the studies' volume each site takes (voxels assigned in the same order) is a rough
+baseline, not an exact chance level: a detection needs only ``min_share`` of its voxels in a site, and
+the small mimic sites are grown by a voxel and tried first, both of which favour them (by a factor of a
+few for a detection of tens of voxels). A site that holds 0.02 % of the volume and 20 % of the false
+detections still attracts them by orders of magnitude more than that.
 The number of mimics of each kind that any detection touches is reported beside the number of emboli
 (their true voxels, like the mimics) touched: a model that touches lymph nodes as often as emboli has
 not learned the difference. These are the false-positive types of the paper's error analysis
@@ -94,11 +97,12 @@ def site_volumes(regions: Mapping[str, np.ndarray], fallback: str) -> dict[str, 
 
 
 def mimic_touches(prediction: np.ndarray, study: SyntheticStudy, threshold: float) -> dict[str, tuple[int, int]]:
-    """``{kind: (mimics touched by a detection, mimics)}`` for each mimic kind of the study with a region."""
+    """``{kind: (mimics touched by a detection, mimics)}`` over the mimics with voxels in ``study.mimic_mask``."""
     touched = set(regions_touched(prediction, study.mimic_mask, threshold).tolist())
+    present = set(np.unique(study.mimic_mask).tolist())  # a region that an earlier one covers entirely cannot be touched
     out: dict[str, tuple[int, int]] = {}
     for k, confounder in enumerate(study.confounders, start=1):
-        if confounder["kind"] in MIMIC_KINDS and confounder.get("voxels", 0) > 0:
+        if confounder["kind"] in MIMIC_KINDS and k in present:
             hit, total = out.get(confounder["kind"], (0, 0))
             out[confounder["kind"]] = (hit + int(k in touched), total + 1)
     return out
@@ -133,7 +137,7 @@ def analyse_predictions(
         ``{"sites": SITES, "volume_share": {site: fraction}, "n_studies", "threshold", "min_share",
         "models": {name: {"n_studies", "false_detections": {site: n}, "true_detections": {site: n},
         "mimics_touched": {kind: {"touched", "total"}}, "emboli_touched": {"touched", "total"}}}}``;
-        ``volume_share`` is over the studies of the first model.
+        ``volume_share`` and ``n_studies`` are over every study analysed (of any model).
 
     Raises:
         ValueError: a scored study is not in the cohort, or its regenerated reference differs from its
@@ -151,7 +155,6 @@ def analyse_predictions(
                 references[files.uid] = files.reference
     models = {name: _empty_model() for name in pred_dirs}
     volume: Counter = Counter()
-    first = next(iter(pred_dirs), None)
     for uid in sorted(by_study):
         if uid not in index_of:
             raise ValueError(f"{references[uid]}: study {uid} is not in the cohort")
@@ -160,8 +163,7 @@ def analyse_predictions(
         if reference.shape != study.mask.shape or not np.array_equal(reference > 0, box_reference(study)):
             raise ValueError(f"{references[uid]}: the regenerated study {uid} does not reproduce this reference mask")
         regions = study_sites(study)
-        if first in by_study[uid]:
-            volume.update(site_volumes(regions, SITES[-1]))
+        volume.update(site_volumes(regions, SITES[-1]))
         for name, path in by_study[uid].items():
             prediction, _ = read_volume(path)
             model = models[name]
