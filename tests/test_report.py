@@ -248,7 +248,7 @@ def test_detection_sites_of_models_that_did_not_run_or_differ(tmp_path):
     assert "| share of the volume (10 test studies) |  | < 0.01 % |" in part
     assert "| Model | lymph nodes | flow artefacts | emboli |" in part  # the kinds of every model
     assert "| random init on annotated subset | n/a | 1 of 3 (33 %) | 0 of 0 |" in part
-    assert "holds at least 0.200 of its voxels" in part
+    assert "holds at least 20 % of its voxels" in part
 
 
 def test_detection_sites_not_run_on_real_data(tmp_path):

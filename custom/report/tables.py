@@ -471,7 +471,7 @@ def detection_sites_tables(sites: Mapping[str, Any]) -> list[Table]:
                          f"{format_count(hit)} of {format_count(all_)}" + (f" ({_percent(hit / all_)})" if all_ else ""))
         touched_rows.append([label, *cells])
         touched_classes.append(None)
-    rule = "a fifth" if min_share is None else f"{format_value(min_share)}"
+    rule = "a fifth" if min_share is None else _percent(min_share)
     where = Table("Where the false detections lie", ["Model", "False detections", *(SITE_LABELS.get(k, k) for k in names)], rows,
                   row_classes=classes,
                   caption=f"Each false detection (it touches no reference box) goes to the first site, in column order, "
