@@ -70,6 +70,9 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         assert (work / model / "eval" / "test_metrics.json").is_file() or model in results["students"]
     assert {"student", "finetuned", "random_init"} <= set(results["students"])
     assert "1" in results["teacher"]["runs"] and "5" in results["teacher"]["runs"]
+    teacher_row, student_row = results["students"]["teacher"], results["students"]["student"]
+    assert teacher_row["n_studies"] == student_row["n_studies"] == len(datalist["test"])  # Tables 4-5: same columns
+    assert teacher_row["fp_per_study"] == pytest.approx(teacher_row["fp"] / teacher_row["n_studies"])
     # where the test detections lie: every model, on the test studies with a reference
     sites = results["detection_sites"]
     assert set(sites["models"]) == {"teacher", "student", "finetuned", "random_init"}

@@ -98,7 +98,15 @@ def student_results(run: PipelineRun) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     teacher = teacher_results(run)
     if teacher and "1" in teacher["runs"]:
-        rows["teacher"] = dict(teacher["runs"]["1"].get("filtered", {}))
+        run_1 = teacher["runs"]["1"]
+        rows["teacher"] = dict(run_1.get("filtered", {}))
+        n_studies = run_1.get("n_studies")
+        if n_studies:  # the same columns as the students' rows
+            rows["teacher"]["n_studies"] = n_studies
+            if rows["teacher"].get("fp") is not None:
+                rows["teacher"]["fp_per_study"] = rows["teacher"]["fp"] / n_studies
+        if run_1.get("froc"):
+            rows["teacher"]["froc"] = run_1["froc"]
     stages = json.loads((run.work / "stages.json").read_text()) if (run.work / "stages.json").exists() else {}
     for name in MODELS:
         path = run.path("student", "eval", f"{name}_test_metrics.json")
