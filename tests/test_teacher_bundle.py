@@ -189,6 +189,25 @@ def test_calibration_picks_the_candidate_of_best_f1_and_writes_it(tmp_path):
         calibrate_high_threshold(factory, studies[2:])
 
 
+def test_evaluation_strict_counts_need_iou_above_one_half(tmp_path):
+    """A 16-voxel detection inside a 300-voxel PE matches by the cluster rule, not by the strict one."""
+    shape = (8, 40, 40)
+    reference, round_map = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    reference[3:6, 15:25, 15:25] = 1
+    round_map[4, 18:22, 18:22] = 1
+    out = tmp_path / "out"
+    write_volume(tmp_path / "s_label.nii.gz", reference, AFFINE)
+    write_volume(out / "round_maps" / "s.nii.gz", round_map, AFFINE)
+    write_volume(out / "heatmaps" / "s.nii.gz", round_map.astype(np.float32), AFFINE)
+    (out / "clusters").mkdir(parents=True)
+    (out / "clusters" / "s.json").write_text(json.dumps({"study_uid": "s", "rounds_run": 1, "window_rounds": [1] * 8, "settings": {
+        "min_cluster_voxels": 10, "max_center_distance_px": 15.0, "max_rounds": 1}}))
+    result = evaluate_outputs(out, [{"image": str(tmp_path / "s.nii.gz"), "label": str(tmp_path / "s_label.nii.gz"), "study_uid": "s"}])
+    best = result["table3"]["best_round"]
+    assert (best["filtered"]["tp"], best["filtered"]["fp"], best["filtered"]["fn"]) == (1, 0, 0)
+    assert (best["strict_filtered"]["tp"], best["strict_filtered"]["fp"], best["strict_filtered"]["fn"]) == (0, 1, 1)
+
+
 def test_evaluation_per_round_tables_histograms_and_froc_on_hand_built_round_maps(tmp_path):
     shape = (16, 40, 40)  # image centre (19.5, 19.5); filters: 10 voxels, 15 px
     reference, round_map, heatmap = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), np.zeros(shape, np.float32)
@@ -225,6 +244,8 @@ def test_evaluation_per_round_tables_histograms_and_froc_on_hand_built_round_map
     assert result["table2"]["best"]["round"] == 2 and result["table2"]["best"]["f1"] == pytest.approx(0.8)
     assert result["table3"]["best_round"]["unfiltered"]["f1"] == pytest.approx(4 / 7)
     assert result["table3"]["all_rounds"]["unfiltered"]["f1"] == pytest.approx(0.5)
+    # the detections of A and B are the PEs themselves, so they also match strictly (IoU 1)
+    assert result["table3"]["best_round"]["strict_filtered"]["f1"] == pytest.approx(0.8)
     assert result["rounds_histogram"] == {"windows": {"1": 1, "2": 1, "3": 2}, "studies": {"0": 1, "1": 0, "2": 0, "3": 1}}
     assert result["per_study"]["positive"] == {"rounds_run": 3, "tp": 2, "fp": 1, "fn": 1}
     curve = result["froc"]["curve"]  # confidences: far FP 0.95, A 0.9, B 0.7, big FP 0.6, small FP 0.55; 2 studies

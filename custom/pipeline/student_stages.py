@@ -107,6 +107,8 @@ def student_results(run: PipelineRun) -> dict[str, Any]:
                 rows["teacher"]["fp_per_study"] = rows["teacher"]["fp"] / n_studies
         if run_1.get("froc"):
             rows["teacher"]["froc"] = run_1["froc"]
+        if run_1.get("strict"):
+            rows["teacher"]["strict"] = run_1["strict"]
     stages = json.loads((run.work / "stages.json").read_text()) if (run.work / "stages.json").exists() else {}
     for name in MODELS:
         path = run.path("student", "eval", f"{name}_test_metrics.json")

@@ -124,6 +124,7 @@ def teacher_results(run: PipelineRun) -> dict[str, Any] | None:
             "iteration1": _rates(evaluation["table2"].get("iteration_1")),
             "best": {"round": evaluation["table2"].get("best", {}).get("round"), **_rates(evaluation["table2"].get("best"))},
             "filtered": _rates(best_round.get("filtered")),
+            "strict": _rates(best_round.get("strict_filtered")),
             "unfiltered": _rates(best_round.get("unfiltered")),
             "rounds_histogram": {**histogram.get("windows", {}), "unit": "windows"},
             "rounds_histogram_studies": histogram.get("studies", {}),

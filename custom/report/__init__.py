@@ -18,7 +18,7 @@ peak memory per stage. The markdown links its figures as ``W/figures/<name>.png`
                     "train_minutes", "curve": [{"epoch", "minutes", "val_auc"}], "recipe": {...}},
      "teacher": {"runs": {"1": run, "5": run}, "high_threshold", "froc": froc},
          run = {"per_round": [{"round", "sensitivity", "ppv", "f1"}], "iteration1": rates, "best": {"round", ...rates},
-                "filtered": rates, "unfiltered": rates, "rounds_histogram": {"0": n, "1": n, ..., "unit"},
+                "filtered": rates, "unfiltered": rates, "strict": rates, "rounds_histogram": {"0": n, "1": n, ..., "unit"},
                 "seconds_per_study"}
      "students": {"teacher" | "student" | "finetuned" | "random_init": metrics},
      "baselines": {"hu_threshold": metrics},

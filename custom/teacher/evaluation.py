@@ -14,7 +14,8 @@ pooled over studies):
   its windows; 0 when the classifier called no window positive);
 - **Table 2**: iteration 1 against the best iteration (the round of best filtered F1);
 - **Table 3**: unfiltered against filtered, at the best iteration (the paper's Table 3 filtered rows
-  equal its Table 2 best rows) and after all rounds;
+  equal its Table 2 best rows) and after all rounds, with the strict (IoU > 0.5) counts of the filtered
+  mask at the best iteration (``strict_filtered``: the teacher's row of the strict Tables 4-5);
 - **FROC** of the soft heatmap: candidates are the clusters of ``heatmap >= froc_threshold`` with
   their maximum heatmap value as confidence (``custom.metrics.froc``); with the default 0.5, the
   teacher's own mask threshold, the curve ends at the unfiltered operating point of all rounds.
@@ -32,7 +33,17 @@ import numpy as np
 from custom.explain.filtering import filter_clusters
 from custom.io.atomic import write_json_atomic
 from custom.io.errors import InputError
-from custom.metrics import FP_RATES, ClusterCounts, average_sensitivity, froc_from_scores, match_clusters, score_detections, sensitivity_at
+from custom.metrics import (
+    FP_RATES,
+    ClusterCounts,
+    average_sensitivity,
+    cluster_overlaps,
+    count_matches,
+    froc_from_scores,
+    match_clusters,
+    score_detections,
+    sensitivity_at,
+)
 from custom.teacher.outputs import HEATMAPS, ROUND_MAPS, TeacherOutputs, json_ready
 from custom.teacher.studies import read_reference_mask, study_uid
 
@@ -99,6 +110,7 @@ def evaluate_outputs(
     max_rounds = max(1, int(max_rounds))
     filtered_counts = [ClusterCounts() for _ in range(max_rounds)]
     unfiltered_counts = [ClusterCounts() for _ in range(max_rounds)]
+    strict_counts = [ClusterCounts() for _ in range(max_rounds)]
     window_histogram = np.zeros(max_rounds + 1, dtype=np.int64)
     study_histogram = np.zeros(max_rounds + 1, dtype=np.int64)
     froc_scores, per_study = [], {}
@@ -113,7 +125,9 @@ def evaluate_outputs(
         settings = summary["settings"]
         masks = masks_after_rounds(round_map, max_rounds, int(settings["min_cluster_voxels"]), float(settings["max_center_distance_px"]))
         for r, (filtered, unfiltered) in enumerate(masks):
-            filtered_counts[r] = filtered_counts[r] + match_clusters(filtered, reference)
+            overlaps = cluster_overlaps(filtered, reference)
+            filtered_counts[r] = filtered_counts[r] + count_matches(overlaps)
+            strict_counts[r] = strict_counts[r] + count_matches(overlaps, strict=True)
             unfiltered_counts[r] = unfiltered_counts[r] + match_clusters(unfiltered, reference)
         final = match_clusters(masks[-1][0], reference)
         window_rounds = np.asarray(summary["window_rounds"], dtype=np.int64)
@@ -143,6 +157,7 @@ def evaluate_outputs(
                 "round": best + 1,
                 "unfiltered": unfiltered_counts[best].as_dict(n),
                 "filtered": filtered_counts[best].as_dict(n),
+                "strict_filtered": strict_counts[best].as_dict(n),
             },
             "all_rounds": {"unfiltered": unfiltered_counts[-1].as_dict(n), "filtered": filtered_counts[-1].as_dict(n)},
         },
