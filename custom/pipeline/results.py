@@ -77,10 +77,10 @@ def cohort_card(run: PipelineRun) -> dict[str, Any]:
 
 def hu_threshold_baseline(run: PipelineRun) -> dict[str, Any]:
     """Plain HU thresholding (every voxel in the embolus HU range) scored like the models, on the test split."""
-    from custom.metrics import ClusterCounts, match_clusters
+    from custom.metrics import ClusterCounts, cluster_overlaps, count_matches
 
     datalist = json.loads((run.prepared / "datalist.json").read_text())
-    total = ClusterCounts(0, 0, 0)
+    total, strict = ClusterCounts(0, 0, 0), ClusterCounts(0, 0, 0)
     n = 0
     for entry in datalist.get("test", []):
         if not entry.get("label"):
@@ -88,9 +88,12 @@ def hu_threshold_baseline(run: PipelineRun) -> dict[str, Any]:
         hu, _ = read_volume(run.prepared / entry["image"])
         reference, _ = read_volume(run.prepared / entry["label"])
         prediction = (hu >= EMBOLUS_HU_RANGE[0]) & (hu <= EMBOLUS_HU_RANGE[1])
-        total = total + match_clusters(prediction, reference > 0)
+        overlaps = cluster_overlaps(prediction, reference > 0)
+        total = total + count_matches(overlaps)
+        strict = strict + count_matches(overlaps, strict=True)
         n += 1
-    return {**total.as_dict(n), "n_studies": n, "rule": f"{EMBOLUS_HU_RANGE[0]:g} <= HU <= {EMBOLUS_HU_RANGE[1]:g}"}
+    return {**total.as_dict(n), "strict": strict.as_dict(n), "n_studies": n,
+            "rule": f"{EMBOLUS_HU_RANGE[0]:g} <= HU <= {EMBOLUS_HU_RANGE[1]:g}"}
 
 
 def false_detection_sites(run: PipelineRun) -> dict[str, Any]:
