@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from custom.io.nifti import read_volume
+from custom.io.rspect import Box, box_mask
 from custom.metrics.detection_sites import detection_sites, regions_touched, site_counts
 from custom.metrics.scoring import pair_studies
 from custom.synth.phantom import PhantomConfig, SyntheticStudy, generate_study
@@ -59,11 +60,12 @@ def phantom_config(cohort: Mapping[str, Any]) -> PhantomConfig:
 
 
 def box_reference(study: SyntheticStudy) -> np.ndarray:
-    """The study's reference mask as ``prepare`` writes it: the union of its filled per-slice embolus boxes."""
-    reference = np.zeros(study.mask.shape, dtype=bool)
-    for box in study.boxes():
-        reference[box.slice_index, box.y : box.y + box.height, box.x : box.x + box.width] = True
-    return reference
+    """The study's reference mask as ``prepare`` writes it (:func:`custom.io.rspect.box_mask`): the union of
+    its filled per-slice embolus boxes."""
+    slices = [str(k) for k in range(study.mask.shape[0])]
+    boxes = [Box("", None, str(b.slice_index), None, b.x, b.y, b.width, b.height, 0) for b in study.boxes()]
+    reference, _ = box_mask(slices, study.mask.shape[1:], boxes, f"study {study.index}")
+    return reference > 0
 
 
 def study_sites(study: SyntheticStudy) -> dict[str, np.ndarray]:
