@@ -42,6 +42,25 @@ sys.path.insert(0, str(REPO))
 from custom.pipeline.run import bundle_command  # noqa: E402
 from custom.pipeline.stages import python_command  # noqa: E402
 
+def _intrapulmonary_negatives(fraction: float) -> dict[str, Any]:
+    """Overrides of ``train.json``'s deterministic transforms that centre ``fraction`` of the negative
+    patches on intrapulmonary structures (:class:`custom.transforms.IntrapulmonaryNegativesd`): the HU image
+    is copied before the window (which clips the lung), padded like the image, and read after ``FgBgToIndicesd``."""
+    config = json.loads((REPO / "bundles" / "dynunet_student" / "configs" / "train.json").read_text())
+    transforms = []
+    for transform in config["train"]["deterministic_transforms"]:
+        target = transform["_target_"]
+        if target == "SpatialPadd":
+            transform = dict(transform, keys=list(transform["keys"]) + ["image_hu"])
+        if target == "ScaleIntensityRanged":
+            transforms.append({"_target_": "CopyItemsd", "keys": "image", "times": 1, "names": "image_hu"})
+        transforms.append(transform)
+        if target == "FgBgToIndicesd":
+            transforms.append({"_target_": "custom.transforms.IntrapulmonaryNegativesd", "keys": "label_bg_indices",
+                               "hu_key": "image_hu", "label_key": "label", "fraction": fraction})
+    return {"train#deterministic_transforms": transforms}
+
+
 _GDL_FOCAL = {"_target_": "GeneralizedDiceFocalLoss", "include_background": True, "softmax": True, "batch": True}
 _DICECE = {"_target_": "DiceCELoss", "include_background": False, "to_onehot_y": False, "softmax": True, "batch": True}
 
@@ -75,6 +94,12 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # the same with every batch closer to the overfitting check: three embolus patches per random one, no Mixup
     "dicece_prior_lr10_pos3_nomixup": {"foreground_prior": 0.01, "loss": _DICECE, "learning_rate": 1e-2,
                                        "train#random_transforms#0#pos": 3, "train#prepare_batch": "$monai.engines.default_prepare_batch"},
+    # the same with three of four negative patches centred on intrapulmonary structures (vessels, nodes,
+    # mimics) instead of anywhere in the body: session 11 found most false detections on veins and mimics
+    "dicece_prior_lr10_pos3_nomixup_lungneg": {"foreground_prior": 0.01, "loss": _DICECE, "learning_rate": 1e-2,
+                                               "train#random_transforms#0#pos": 3,
+                                               "train#prepare_batch": "$monai.engines.default_prepare_batch",
+                                               **_intrapulmonary_negatives(0.75)},
 }
 
 #: the student configs every candidate is inferred with (the demo's windows)
