@@ -136,3 +136,28 @@ def test_benchmark_candidate_centres_negative_patches_on_structures(tmp_path):
         shares[name] = vessel[draws].mean()
     assert shares["default"] < 0.05
     assert shares["lungneg"] == pytest.approx(0.75, abs=0.05)
+
+
+def test_negative_patch_sites_on_a_small_phantom(tmp_path):
+    """benchmarks/negative_patch_sites.py: the intrapulmonary set is far more often at a vessel or mimic than
+    the default negatives, and it reaches the phantom's mimics."""
+    import dataclasses
+    import json
+
+    from custom.synth import PhantomConfig
+
+    config = PhantomConfig(shape=(24, 64, 64), positive_rate=1.0)
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    (tmp_path / "cohort").mkdir()
+    (tmp_path / "cohort" / "cohort.json").write_text(json.dumps(
+        {"seed": 1, "config": settings, "studies": [{"index": 0, "study_uid": "1.2.3"}]}))
+    spec = importlib.util.spec_from_file_location("negative_patch_sites", REPO / "benchmarks" / "negative_patch_sites.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(work_dir=str(tmp_path), n_studies=1)
+    default, structures = result["sets"]["default"], result["sets"]["intrapulmonary"]
+    assert 0 < structures["share_of_volume"] < default["share_of_volume"]
+    assert structures["share_at_vessel_or_mimic"] > 3 * default["share_at_vessel_or_mimic"]
+    reached = result["reached_by_intrapulmonary"]
+    assert structures["share_at_vessel_or_mimic"] == 1.0  # this small phantom: every structure voxel is at a vessel
+    assert reached["lymph_node"] == {"reached": 0, "total": 2} and reached["embolus"] == {"reached": 1, "total": 2}
