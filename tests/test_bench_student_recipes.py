@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "dynunet_student" / "configs"
 
 
-CANDIDATE_NAMES = ["gdl", "gdl_pos3", "gdl_focal", "dicece", "gdl_nomixup", "gdl_prior", "gdl_prior_nomixup", "dicece_prior", "dicece_prior_pos3_lr3", "gdlfocal_prior_pos3_lr3", "gdl_prior_lr10", "dicece_prior_lr10", "dicece_prior_lr10_pos3_nomixup"]
+CANDIDATE_NAMES = ["gdl", "gdl_pos3", "gdl_focal", "dicece", "gdl_nomixup", "gdl_prior", "gdl_prior_nomixup", "dicece_prior", "dicece_prior_pos3_lr3", "gdlfocal_prior_pos3_lr3", "gdl_prior_lr10", "dicece_prior_lr10", "dicece_prior_lr10_pos3_nomixup", "dicece_prior_lr10_pos3_nomixup_lungneg"]
 
 
 def _benchmark(name: str):
