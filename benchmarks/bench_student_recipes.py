@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from custom.pipeline.run import bundle_command  # noqa: E402
 from custom.pipeline.stages import python_command  # noqa: E402
 
+
 def _intrapulmonary_negatives(fraction: float) -> dict[str, Any]:
     """Overrides of ``train.json``'s deterministic transforms that centre ``fraction`` of the negative
     patches on intrapulmonary structures (:class:`custom.transforms.IntrapulmonaryNegativesd`): the HU image
