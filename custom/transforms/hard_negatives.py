@@ -23,9 +23,9 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
-import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage as ndi
 
 __all__ = ["intrapulmonary_structures", "mix_indices", "IntrapulmonaryNegativesd"]
@@ -115,21 +115,16 @@ class IntrapulmonaryNegativesd(MapTransform):
         d = dict(data)
         if self.hu_key not in d:
             raise KeyError(f"IntrapulmonaryNegativesd: no '{self.hu_key}' in the data (copy the image before the HU window)")
-        hu = _numpy(d.pop(self.hu_key))
+        hu = convert_to_numpy(d.pop(self.hu_key))
         if hu.ndim < 3 or hu.shape[0] != 1:
             raise ValueError(f"IntrapulmonaryNegativesd: '{self.hu_key}' must be channel-first with one channel, got {hu.shape}")
         structures = intrapulmonary_structures(hu[0], self.lung_hu, self.tissue_hu)
         if self.label_key in d:
-            label = _numpy(d[self.label_key])
+            label = convert_to_numpy(d[self.label_key])
             if label.shape[1:] != structures.shape:
                 raise ValueError(f"IntrapulmonaryNegativesd: label shape {label.shape} does not match '{self.hu_key}' {hu.shape}")
             structures &= ~(label[-1] > 0 if label.shape[0] > 1 else label[0] > 0)
         extra = np.flatnonzero(structures.ravel())
         for key in self.key_iterator(d):
-            mixed = mix_indices(_numpy(d[key]), extra, self.fraction)
-            d[key] = torch.as_tensor(mixed) if isinstance(d[key], torch.Tensor) else mixed
+            d[key] = convert_to_dst_type(mix_indices(convert_to_numpy(d[key]), extra, self.fraction), d[key])[0]
         return d
-
-
-def _numpy(value: Any) -> np.ndarray:
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
