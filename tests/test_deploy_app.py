@@ -25,10 +25,11 @@ import torch
 from monai.bundle import ConfigParser
 from pydicom.uid import SegmentationStorage
 
-from custom.deploy import write_dicom_seg
+from custom.deploy import load_student, predict_probability, write_dicom_seg
 from custom.io.dicom import read_ct_series
 from custom.synth.phantom import PhantomConfig
 from custom.synth.writer import write_study
+from custom.transforms import remove_unenhanced_clusters
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "deploy" / "app.py"
@@ -225,6 +226,21 @@ def test_negative_study_seg_keeps_every_frame(deployed, tmp_path) -> None:
     series = read_ct_series(deployed["study"])
     seg = pydicom.dcmread(write_dicom_seg(np.zeros(series.volume_zyx.shape, bool), series, tmp_path / "negative.dcm", "0.1.0"))
     assert int(seg.NumberOfFrames) == series.n_slices and not seg.pixel_array.any()
+
+
+def test_contrast_filter_follows_the_bundle_config(deployed, tmp_path) -> None:
+    """``contrast_min_share`` in the bundle's config turns the contrast filter on in the deployed model too."""
+    series = read_ct_series(deployed["study"])
+    tiny = deployed["root"] / "tiny.json"
+    plain = load_student(deployed["root"] / "dynunet_student", [tiny])
+    override = tmp_path / "contrast.json"
+    override.write_text(json.dumps({"contrast_min_share": 0.3}))
+    filtered = load_student(deployed["root"] / "dynunet_student", [tiny, override])
+    assert plain.contrast_min_share == 0.0 and filtered.describe()["contrast_min_share"] == 0.3
+    raw = predict_probability(plain, series.volume_zyx)
+    expected, shares = remove_unenhanced_clusters(raw, series.volume_zyx, filtered.threshold, filtered.contrast_hu, 0.3)
+    assert (shares < 0.3).any()  # the random student's detections in grey tissue go
+    np.testing.assert_array_equal(predict_probability(filtered, series.volume_zyx), expected)
 
 
 def test_app_is_a_monai_deploy_sdk_application_with_the_operator_chain(tmp_path):

@@ -3,8 +3,9 @@
 The settings come from the bundle's own ``configs/inference.json`` (for a ``.ts`` file: the copy
 that ``python -m monai.bundle ckpt_export --config_file configs/inference.json`` embeds), so the
 deployed model windows the HU and slides its Gaussian-weighted window exactly as the bundle's
-inference does: the ``inferer`` component, ``window``, ``threshold`` and ``min_cluster_voxels``
-are parsed from that config, optionally overridden by further config files (e.g. ``demo.json``).
+inference does: the ``inferer`` component, ``window``, ``threshold``, ``min_cluster_voxels`` and the
+contrast filter (``contrast_hu``, ``contrast_min_share``; off when the config predates it) are parsed from
+that config, optionally overridden by further config files (e.g. ``demo.json``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from monai.inferers import Inferer
 from monai.transforms import ScaleIntensityRange
 
 from custom.io.errors import InputError
+from custom.transforms.contrast_adjacency import remove_unenhanced_clusters
 
 __all__ = ["StudentModel", "load_student", "predict_probability", "resolve_model_path"]
 
@@ -41,6 +43,9 @@ class StudentModel:
         window: HU window ``(centre, width)`` scaled to ``[0, 1]``.
         threshold: probability threshold of the mask and the findings.
         min_voxels: smallest cluster reported in the findings.
+        contrast_hu: CT value of contrast-filled blood (the contrast filter).
+        contrast_min_share: detections whose shell is less than this share contrast-filled are removed
+            (:mod:`custom.transforms.contrast_adjacency`); 0: off.
         device: where the network runs.
         amp: run under autocast (CUDA only).
         source: the model file or bundle folder.
@@ -54,6 +59,8 @@ class StudentModel:
     window: tuple[float, float]
     threshold: float
     min_voxels: int
+    contrast_hu: float
+    contrast_min_share: float
     device: torch.device
     amp: bool
     source: Path
@@ -71,6 +78,8 @@ class StudentModel:
             "window": list(self.window),
             "threshold": self.threshold,
             "min_cluster_voxels": self.min_voxels,
+            "contrast_hu": self.contrast_hu,
+            "contrast_min_share": self.contrast_min_share,
         }
 
 
@@ -174,6 +183,8 @@ def load_student(
         window=(float(window[0]), float(window[1])),
         threshold=float(parser.get_parsed_content("threshold")),
         min_voxels=int(parser.get_parsed_content("min_cluster_voxels")),
+        contrast_hu=float(parser.get_parsed_content("contrast_hu") if "contrast_hu" in parser else 200.0),
+        contrast_min_share=float(parser.get_parsed_content("contrast_min_share") if "contrast_min_share" in parser else 0.0),
         device=device,
         amp=device.type == "cuda" and bool(parser.get("amp", True)),
         source=source,
@@ -191,7 +202,8 @@ def predict_probability(model: StudentModel, volume_zyx: np.ndarray) -> np.ndarr
         volume_zyx: float HU, ``(Z, Y, X)`` (``custom.io.dicom.CTSeries.volume_zyx``).
 
     Returns:
-        float32 probability of the PE channel (softmax channel 1), ``(Z, Y, X)``.
+        float32 probability of the PE channel (softmax channel 1), ``(Z, Y, X)``, after the contrast filter
+        when the model's ``contrast_min_share`` is above 0.
 
     Raises:
         InputError: the volume is not 3D or has non-finite values.
@@ -206,4 +218,9 @@ def predict_probability(model: StudentModel, volume_zyx: np.ndarray) -> np.ndarr
     with torch.no_grad(), torch.autocast(model.device.type, enabled=model.amp):
         logits = model.inferer(batch, model.network)
     probability = torch.softmax(torch.as_tensor(logits).float(), dim=1)[0, 1]
-    return np.ascontiguousarray(probability.cpu().numpy().transpose(2, 1, 0), dtype=np.float32)
+    probability_zyx = np.ascontiguousarray(probability.cpu().numpy().transpose(2, 1, 0), dtype=np.float32)
+    if model.contrast_min_share > 0:
+        probability_zyx, _ = remove_unenhanced_clusters(
+            probability_zyx, volume, model.threshold, model.contrast_hu, model.contrast_min_share
+        )
+    return probability_zyx

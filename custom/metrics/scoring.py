@@ -16,11 +16,16 @@ its FROC scores. The report::
               "n_studies", "n_references", "curve": {"fp_per_study", "sensitivity", "thresholds"}},
      "per_study": {uid: {"prediction": file name, "cluster": {...}, "strict": {...}}},
      "settings": {"threshold", "iou_threshold", "kind", "pred_dir", "reference_dir",
-                  "predictions_without_reference"}}
+                  "predictions_without_reference", "contrast_filter"}}
 
 (the four keys of issue 3 plus ``settings``, which records how the numbers were made.)
 
 Undefined rates (0/0, see :mod:`custom.metrics.cluster_matching`) are NaN in memory and ``null`` in the JSON.
+
+With ``image_dir`` and ``contrast_min_share > 0`` each prediction first goes through
+:func:`custom.transforms.contrast_adjacency.remove_unenhanced_clusters` with the study's image
+``<image_dir>/<uid>.nii.gz`` (in HU), so a filter can be measured on saved outputs without running the
+network again; ``settings["contrast_filter"]`` records it (``None`` when off).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from custom.metrics.froc import (
     score_detections,
     sensitivity_at,
 )
+from custom.transforms.contrast_adjacency import remove_unenhanced_clusters
 
 __all__ = [
     "PREDICTION_SUFFIXES",
@@ -186,6 +192,16 @@ def _read_pair(files: StudyFiles) -> tuple[np.ndarray, np.ndarray]:
     return prob, ref
 
 
+def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        image, _ = read_volume(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read the study image for the contrast filter: {error}") from error
+    if image.shape != shape:
+        raise InputError(f"{path}: image shape (Z, Y, X) {image.shape} differs from its prediction's {shape}")
+    return image
+
+
 def score_directories(
     pred_dir: str | os.PathLike,
     reference_dir: str | os.PathLike,
@@ -195,6 +211,9 @@ def score_directories(
     iou_threshold: float = 0.5,
     reduction: str = "max",
     fp_rates: tuple[float, ...] = FP_RATES,
+    image_dir: str | os.PathLike | None = None,
+    contrast_hu: float = 200.0,
+    contrast_min_share: float = 0.0,
 ) -> dict[str, Any]:
     """Score every paired study (see the module docstring for pairing and the report layout).
 
@@ -208,18 +227,28 @@ def score_directories(
         iou_threshold: strict variant.
         reduction: FROC detection confidence, ``"max"`` or ``"mean"``.
         fp_rates: FP-per-study rates of the FROC average sensitivity.
+        image_dir: folder of the studies' images ``<uid>.nii.gz`` in HU; needed when ``contrast_min_share > 0``.
+        contrast_hu: CT value of contrast-filled blood (the contrast filter).
+        contrast_min_share: remove detections (at ``threshold``) whose shell is less than this share
+            contrast-filled before scoring; ``0`` scores the predictions as they are.
 
     Returns:
         The report dict (NaN for undefined rates).
 
     Raises:
-        InputError: unreadable file, prediction on another grid than its reference (names both), NaN.
+        InputError: unreadable file, prediction on another grid than its reference (names both), NaN, a
+            missing image when the contrast filter is on.
     """
+    if contrast_min_share and image_dir is None:
+        raise ValueError("the contrast filter (contrast_min_share > 0) needs image_dir, the studies' HU images")
     pairs, without_reference = pair_studies(pred_dir, reference_dir, kind)
     per_study: dict[str, Any] = {}
     cluster, strict, froc_scores = ClusterCounts(), ClusterCounts(), []
     for files in pairs:
         prob, ref = _read_pair(files)
+        if contrast_min_share:
+            image = _read_image(Path(image_dir) / f"{files.uid}{_NIFTI}", prob.shape)
+            prob, _ = remove_unenhanced_clusters(prob, image, threshold, contrast_hu, contrast_min_share)
         score = score_study(prob, ref, threshold, froc_threshold, iou_threshold, reduction)
         cluster, strict = cluster + score.cluster, strict + score.strict
         froc_scores.append(score.froc)
@@ -254,6 +283,8 @@ def score_directories(
             "pred_dir": str(pred_dir),
             "reference_dir": str(reference_dir),
             "predictions_without_reference": without_reference,
+            "contrast_filter": {"image_dir": str(image_dir), "contrast_hu": float(contrast_hu), "min_share": float(contrast_min_share)}
+            if contrast_min_share else None,
         },
     }
 

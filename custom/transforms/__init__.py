@@ -1,6 +1,15 @@
-"""Training-time transforms of the iExplain bundles that MONAI does not provide as-is."""
+"""Transforms of the iExplain bundles that MONAI does not provide as-is."""
 
+from custom.transforms.contrast_adjacency import ContrastAdjacencyFilterd, contrast_shares, remove_unenhanced_clusters
 from custom.transforms.hard_negatives import IntrapulmonaryNegativesd, intrapulmonary_structures, mix_indices
 from custom.transforms.mixup import MixUpPrepareBatch
 
-__all__ = ["IntrapulmonaryNegativesd", "MixUpPrepareBatch", "intrapulmonary_structures", "mix_indices"]
+__all__ = [
+    "ContrastAdjacencyFilterd",
+    "IntrapulmonaryNegativesd",
+    "MixUpPrepareBatch",
+    "contrast_shares",
+    "intrapulmonary_structures",
+    "mix_indices",
+    "remove_unenhanced_clusters",
+]
