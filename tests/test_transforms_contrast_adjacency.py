@@ -94,6 +94,7 @@ def test_the_transform_works_on_a_windowed_image_and_two_channel_softmax() -> No
 def test_the_transform_refuses_a_level_outside_the_window_and_a_wrong_grid() -> None:
     with pytest.raises(ValueError, match="inside the window"):
         ContrastAdjacencyFilterd("pred", contrast_hu=350.0, min_share=0.1, window=(100, 400))
+    ContrastAdjacencyFilterd("pred", contrast_hu=350.0, min_share=0.0, window=(100, 400))  # off: any window will do
     with pytest.raises(ValueError, match="min_share"):
         ContrastAdjacencyFilterd("pred", min_share=-0.1)
     transform = ContrastAdjacencyFilterd("pred", min_share=0.1)

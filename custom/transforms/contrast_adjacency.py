@@ -112,7 +112,8 @@ class ContrastAdjacencyFilterd(MapTransform):
         min_share: keep a detection when at least this share of its shell is at or above ``contrast_hu``;
             ``0`` (the default) turns the filter off.
         window: ``(centre, width)`` in HU of the window that scaled the image to ``[0, 1]``; ``None``: the
-            image is in HU. ``contrast_hu`` must lie strictly inside the window (the window clips).
+            image is in HU. When the filter is on, ``contrast_hu`` must lie strictly inside the window (the
+            window clips).
         allow_missing_keys: see ``MapTransform``.
     """
 
@@ -133,7 +134,7 @@ class ContrastAdjacencyFilterd(MapTransform):
         self.contrast_level = float(contrast_hu)
         if window is not None:
             low, high = float(window[0]) - float(window[1]) / 2, float(window[0]) + float(window[1]) / 2
-            if not low < contrast_hu < high:
+            if self.min_share > 0 and not low < contrast_hu < high:  # an unused filter never refuses a window
                 raise ValueError(f"contrast_hu {contrast_hu} must lie inside the window [{low}, {high}] HU")
             self.contrast_level = (contrast_hu - low) / (high - low)
 
