@@ -4,12 +4,14 @@ Usage::
 
     python scripts/score.py --pred_dir P --reference_dir R --out metrics.json [--threshold 0.5]
         [--kind auto|prob|plain|mask] [--froc_threshold T] [--iou_threshold 0.5] [--reduction max|mean]
-        [--image_dir I --contrast_min_share S [--contrast_hu 200]]
+        [--image_dir I --contrast_min_share S [--contrast_hu 200]] [--calibration models/threshold.json]
 
 Pairs ``P/<uid>{_prob,,_mask}.nii.gz`` with ``R/<uid>.nii.gz``, writes the report (see
 ``custom.metrics.scoring``) to ``--out`` atomically and prints a table. With ``--image_dir`` (the studies'
 HU images ``I/<uid>.nii.gz``) and ``--contrast_min_share S > 0``, detections whose shell is less than a
-share ``S`` contrast-filled are removed first (``custom.transforms.contrast_adjacency``).
+share ``S`` contrast-filled are removed first (``custom.transforms.contrast_adjacency``). With
+``--calibration`` (a student's ``threshold.json``, ``custom.student.calibration``) its calibrated threshold
+replaces ``--threshold``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import fire
 
 from custom.metrics.scoring import format_table, score_directories, write_report
+from custom.student.calibration import load_calibration
 
 
 def main(
@@ -31,8 +34,11 @@ def main(
     image_dir: str | None = None,
     contrast_hu: float = 200.0,
     contrast_min_share: float = 0.0,
+    calibration: str | None = None,
 ) -> None:
     """Score ``pred_dir`` against ``reference_dir`` and write ``out`` (JSON); see ``custom.metrics.scoring``."""
+    if calibration:
+        threshold = load_calibration(calibration)["threshold"]
     report = score_directories(pred_dir, reference_dir, threshold, kind, froc_threshold, iou_threshold, reduction,
                                image_dir=image_dir, contrast_hu=contrast_hu, contrast_min_share=contrast_min_share)
     write_report(out, report)

@@ -26,6 +26,7 @@ from monai.bundle import ConfigParser
 from pydicom.uid import SegmentationStorage
 
 from custom.deploy import load_student, predict_probability, write_dicom_seg
+from custom.io.errors import InputError
 from custom.io.dicom import read_ct_series
 from custom.synth.phantom import PhantomConfig
 from custom.synth.writer import write_study
@@ -264,3 +265,20 @@ def test_app_is_a_monai_deploy_sdk_application_with_the_operator_chain(tmp_path)
     leaves = sorted(type(o).__name__ for o in following)
     assert leaves == ["DicomSegWriterOperator", "FindingsWriterOperator"]
     assert all(isinstance(o, Operator) for o in [*roots, *following])
+
+
+def test_calibrated_threshold_beside_the_weights_is_used(deployed, tmp_path) -> None:
+    """A ``threshold.json`` next to ``model.pt`` (bundle) or the ``.ts`` file sets the deployed threshold."""
+    tiny = deployed["root"] / "tiny.json"
+    bundle = tmp_path / "dynunet_student"
+    shutil.copytree(deployed["root"] / "dynunet_student", bundle)
+    scripted = tmp_path / "export" / "model.ts"
+    scripted.parent.mkdir()
+    shutil.copy(deployed["root"] / "student.ts", scripted)
+    assert load_student(bundle, [tiny]).threshold == load_student(scripted).threshold == 0.5
+    for folder in (bundle / "models", scripted.parent):
+        (folder / "threshold.json").write_text(json.dumps({"threshold": 0.8, "calibrated": True}))
+    assert load_student(bundle, [tiny]).threshold == load_student(scripted).threshold == 0.8
+    (bundle / "models" / "threshold.json").write_text(json.dumps({"threshold": 1.5}))
+    with pytest.raises(InputError, match="threshold.json: threshold 1.5 is not in"):
+        load_student(bundle, [tiny])

@@ -78,6 +78,13 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         assert set(row["strict"]) >= {"sensitivity", "ppv", "f1"}
         if row["sensitivity"] is not None:
             assert row["strict"]["sensitivity"] <= row["sensitivity"]
+    # each model's threshold was calibrated on the validation split and scored with it
+    for model, ckpt in (("student", "models"), ("finetuned", "models/finetune"), ("random_init", "models/random_init")):
+        calibration = json.loads((work / "student" / ckpt / "threshold.json").read_text())
+        assert calibration["n_studies"] == len([e for e in datalist["validation"] if e.get("label")])
+        row = results["students"][model]
+        assert row["threshold"] == calibration["threshold"] == row["calibration"]["threshold"]
+        assert (work / "student" / f"val_{'output' if model == 'student' else 'output_' + model}").is_dir()
     # where the test detections lie: every model, on the test studies with a reference
     sites = results["detection_sites"]
     assert set(sites["models"]) == {"teacher", "student", "finetuned", "random_init"}

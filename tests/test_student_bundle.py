@@ -161,6 +161,51 @@ def test_finetune_cli_starts_from_the_weak_model(workspace) -> None:
     assert (root / "finetuned" / "models" / "model.pt").is_file()
 
 
+def test_calibrate_cli_then_inference_and_evaluate_use_the_threshold(workspace, tmp_path) -> None:
+    """``calibrate.json`` infers the validation studies and writes ``models/threshold.json``, which
+    inference and evaluate then read (both keep ``default_threshold`` without the file)."""
+    bundle, data = workspace["bundle"], workspace["data"]
+    sizes = {"patch_size": TINY["patch_size"], "network_filters": TINY["network_filters"], "num_workers": "0", "dataset_dir": str(data)}
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    shutil.copy(bundle / "models" / "model.pt", ckpt / "model.pt")
+    _cli("run", "--config_file", _configs(bundle, "inference.json", "calibrate.json"), cwd=workspace["elsewhere"],
+         overrides={**sizes, "ckpt_dir": str(ckpt)})
+    validation = json.loads((data / "datalist.json").read_text())["validation"]
+    assert sorted(p.name for p in (bundle / "val_output").glob("*_prob.nii.gz")) == sorted(f"{e['study_uid']}_prob.nii.gz" for e in validation)
+    calibration = json.loads((ckpt / "threshold.json").read_text())
+    assert calibration["n_studies"] == 2 and calibration["n_references"] == 1  # one embolus in the validation split
+    assert [r["threshold"] for r in calibration["candidates"]] == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    assert 0.0 < calibration["threshold"] < 1.0
+
+    (ckpt / "threshold.json").write_text(json.dumps({"threshold": 0.05}))  # a low threshold shows in the masks
+    out = tmp_path / "out"
+    _cli("run", "--config_file", _configs(bundle, "inference.json"), cwd=workspace["elsewhere"],
+         overrides={**sizes, "ckpt_dir": str(ckpt), "output_dir": str(out)})
+    for prob_path in out.glob("*_prob.nii.gz"):
+        prob, _ = read_volume(prob_path)
+        mask, _ = read_volume(Path(str(prob_path).replace("_prob", "_mask")))
+        assert np.array_equal(mask, (prob >= 0.05).astype(np.uint8))
+    evaluate = _parsed("train.json", "evaluate.json")
+    evaluate["ckpt_dir"] = str(ckpt)
+    assert evaluate.get_parsed_content("threshold") == 0.05
+    assert evaluate.get_parsed_content("validate#additional_metrics#test_froc#threshold") == 0.5  # FROC: uncalibrated cut
+    evaluate["ckpt_dir"] = str(tmp_path / "nothing")
+    assert evaluate.get_parsed_content("threshold") == 0.5
+
+
+@pytest.mark.slow
+def test_calibrate_with_two_gloo_processes(workspace, tmp_path) -> None:
+    """Under torchrun the validation studies are sharded; rank 0 calibrates once every rank has written."""
+    bundle, data = workspace["bundle"], workspace["data"]
+    overrides = {"patch_size": TINY["patch_size"], "network_filters": TINY["network_filters"], "num_workers": "0",
+                 "dataset_dir": str(data), "output_dir": str(tmp_path / "val"), "calibration_path": str(tmp_path / "threshold.json")}
+    _cli("run", "--config_file", _configs(bundle, "inference.json", "multi_gpu_inference.json", "calibrate.json"), cwd=workspace["elsewhere"],
+         overrides=overrides, launcher=("-m", "torch.distributed.run", "--nproc_per_node=2", "-m"))
+    assert len(list((tmp_path / "val").glob("*_prob.nii.gz"))) == 2
+    assert json.loads((tmp_path / "threshold.json").read_text())["n_studies"] == 2
+
+
 def _workflow(files: list[str], workflow_type: str, **overrides) -> ConfigWorkflow:
     tiny = {k: json.loads(v) for k, v in TINY.items()}
     return ConfigWorkflow(config_file=[str(CONFIGS / f) for f in files], workflow_type=workflow_type, logging_file=False,

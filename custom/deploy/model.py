@@ -5,7 +5,9 @@ that ``python -m monai.bundle ckpt_export --config_file configs/inference.json``
 deployed model windows the HU and slides its Gaussian-weighted window exactly as the bundle's
 inference does: the ``inferer`` component, ``window``, ``threshold``, ``min_cluster_voxels`` and the
 contrast filter (``contrast_hu``, ``contrast_min_share``; off when the config predates it) are parsed from
-that config, optionally overridden by further config files (e.g. ``demo.json``).
+that config, optionally overridden by further config files (e.g. ``demo.json``). The threshold is the
+one calibrated on the validation split when ``threshold.json`` lies beside the weights (``models/`` of a
+bundle, the folder of a ``.ts`` file; ``custom.student.calibration``), else the config's default.
 """
 
 from __future__ import annotations
@@ -136,6 +138,19 @@ def _bundle_network(bundle: Path, parser: ConfigParser, device: torch.device) ->
     return network.to(device)
 
 
+def _parsed_input(parser: ConfigParser, key: str) -> Any:
+    """``parser.get_parsed_content(key)``, with an :class:`InputError` raised while evaluating it passed on as is."""
+    try:
+        return parser.get_parsed_content(key)
+    except RuntimeError as error:
+        cause = error.__cause__
+        while cause is not None and not isinstance(cause, InputError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def load_student(
     model: str | os.PathLike, config_files: Sequence[str | os.PathLike] = (), device: torch.device | None = None
 ) -> StudentModel:
@@ -167,6 +182,7 @@ def load_student(
                 "`python -m monai.bundle ckpt_export network_def --config_file configs/inference.json ...`"
             )
         parser = ConfigParser(json.loads(extra[_INFERENCE_CONFIG]))
+        parser["ckpt_dir"] = str(source.parent)  # a calibrated threshold.json lies beside the weights
         kind = "torchscript"
     else:
         parser = ConfigParser(ConfigParser.load_config_file(str(source / "configs" / _INFERENCE_CONFIG)))
@@ -181,7 +197,7 @@ def load_student(
         network=network.eval(),
         inferer=parser.get_parsed_content("inferer"),
         window=(float(window[0]), float(window[1])),
-        threshold=float(parser.get_parsed_content("threshold")),
+        threshold=float(_parsed_input(parser, "threshold")),
         min_voxels=int(parser.get_parsed_content("min_cluster_voxels")),
         contrast_hu=float(parser.get_parsed_content("contrast_hu") if "contrast_hu" in parser else 200.0),
         contrast_min_share=float(parser.get_parsed_content("contrast_min_share") if "contrast_min_share" in parser else 0.0),

@@ -58,6 +58,7 @@ __all__ = [
     "StudyScore",
     "format_table",
     "pair_studies",
+    "read_pair",
     "score_directories",
     "score_study",
     "write_report",
@@ -175,7 +176,12 @@ def score_study(
     return StudyScore(cluster, strict, froc)
 
 
-def _read_pair(files: StudyFiles) -> tuple[np.ndarray, np.ndarray]:
+def read_pair(files: StudyFiles) -> tuple[np.ndarray, np.ndarray]:
+    """A study's prediction and reference arrays, ``(Z, Y, X)``.
+
+    Raises:
+        InputError: an unreadable file, a prediction on another grid than its reference (names both), NaN.
+    """
     try:
         prob, pred_affine = read_volume(files.prediction)
         ref, ref_affine = read_volume(files.reference)
@@ -245,7 +251,7 @@ def score_directories(
     per_study: dict[str, Any] = {}
     cluster, strict, froc_scores = ClusterCounts(), ClusterCounts(), []
     for files in pairs:
-        prob, ref = _read_pair(files)
+        prob, ref = read_pair(files)
         if contrast_min_share:
             image = _read_image(Path(image_dir) / f"{files.uid}{_NIFTI}", prob.shape)
             prob, _ = remove_unenhanced_clusters(prob, image, threshold, contrast_hu, contrast_min_share)

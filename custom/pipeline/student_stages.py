@@ -25,6 +25,18 @@ MODELS = {
 
 
 TRAINING_CONFIGS = ("train.json", "finetune.json", "random_init.json")
+#: The bundle's uncalibrated threshold (``default_threshold`` of its configs); the FROC candidates are
+#: cut there whatever the calibrated operating point, so the curves of calibrated and uncalibrated runs compare.
+DEFAULT_THRESHOLD = 0.5
+
+
+def _calibration_summary(path: Path) -> str:
+    calibration = json.loads(path.read_text())
+    f1 = calibration.get("validation_f1")
+    f1 = "n/a" if f1 is None else f"{f1:.3f}"
+    if not calibration.get("calibrated"):
+        return f"threshold kept at {calibration['threshold']:g}: no candidate matched a validation PE"
+    return f"threshold {calibration['threshold']:g} (validation F1 {f1}, {calibration['n_studies']} studies)"
 
 
 def _score_summary(path: Path) -> str:
@@ -39,6 +51,10 @@ def student_stages(run: PipelineRun) -> list[Stage]:
     All three live in one student bundle root (``W/student``): the bundle's ``finetune`` and
     ``random_init`` configs keep their checkpoints in ``models/finetune`` and ``models/random_init``
     and fine-tune from ``models/model.pt``, the weakly supervised student.
+
+    With the profile's ``calibrate_student_threshold`` (default true) each model's probability threshold
+    is calibrated on the validation split after training (the bundle's ``calibrate.json``, outputs in
+    ``val_<output>``); its inference reads ``threshold.json`` beside the weights and its score uses it.
     """
     from custom.pipeline.run import REPO, bundle_command
 
@@ -50,6 +66,7 @@ def student_stages(run: PipelineRun) -> list[Stage]:
         student_datalist(datalist, run.prepared, run.path("teacher", "output", "pseudo"), run.datalists / "student.json")
         annotated_datalist(datalist, run.prepared, run.datalists / "annotated.json")
 
+    calibrate = bool(run.profile.get("calibrate_student_threshold", True))
     stages = [Stage("student_datalists", [run.datalists / "student.json", run.datalists / "annotated.json"], function=make_datalists)]
     for name, (key, ckpt, datalist, output) in MODELS.items():
         settings = run.profile[key]
@@ -67,23 +84,36 @@ def student_stages(run: PipelineRun) -> list[Stage]:
         # inference builds the same network: the profile's non-training overrides (e.g. demo.json) and its sizes
         infer_configs = ["inference.json"] + [c for c in settings["configs"] if c not in TRAINING_CONFIGS]
         infer_sizes = {k: v for k, v in settings["overrides"].items() if k in ("patch_size", "network_filters", "sw_overlap")}
+        calibration = ckpt_dir / "threshold.json"
+        score_threshold = ["--calibration", calibration, "--froc_threshold", DEFAULT_THRESHOLD] if calibrate else []
+        stages.append(
+            Stage(f"{name}_train", [ckpt_dir / "model.pt"], bundle_command("dynunet_student", list(settings["configs"]) + multi, "training", run.nproc, **train)))
+        if calibrate:
+            stages.append(Stage(
+                f"{name}_calibrate", [calibration],
+                bundle_command("dynunet_student", infer_configs + infer_multi + ["calibrate.json"], None, run.nproc, **common, **infer_sizes,
+                               ckpt_dir=str(ckpt_dir), output_dir=str(root / f"val_{output}"), default_threshold=DEFAULT_THRESHOLD),
+                summary=lambda path=calibration: _calibration_summary(path)))
         stages += [
-            Stage(f"{name}_train", [ckpt_dir / "model.pt"], bundle_command("dynunet_student", list(settings["configs"]) + multi, "training", run.nproc, **train)),
             # studies sharded over ranks of one thread each: on 2 shared cores this beat one 2-thread process
             Stage(f"{name}_infer", [output_dir], bundle_command("dynunet_student", infer_configs + infer_multi, None, run.nproc, **common, **infer_sizes, datalist_key="test",
                                                                 ckpt_dir=str(ckpt_dir), output_dir=str(output_dir))),
             Stage(f"{name}_score", [metrics],
-                  python_command(REPO / "scripts" / "score.py", "--pred_dir", output_dir, "--reference_dir", run.prepared / "labels", "--out", metrics),
+                  python_command(REPO / "scripts" / "score.py", "--pred_dir", output_dir, "--reference_dir", run.prepared / "labels", "--out", metrics,
+                                 *score_threshold),
                   summary=lambda path=metrics: _score_summary(path)),
         ]
     return stages
 
 
-def _metrics(report: dict[str, Any]) -> dict[str, Any]:
+def _metrics(report: dict[str, Any], calibration: Path) -> dict[str, Any]:
     cluster = report["cluster"]
     froc = report.get("froc", {})
+    calibrated = json.loads(calibration.read_text()) if calibration.is_file() else None
     return {
         **{k: cluster.get(k) for k in ("sensitivity", "ppv", "f1", "tp", "fp", "fn", "fp_per_study")},
+        "threshold": report.get("settings", {}).get("threshold"),
+        "calibration": None if calibrated is None else {k: calibrated.get(k) for k in ("threshold", "calibrated", "validation_f1", "n_studies")},
         "strict": {k: report["strict"].get(k) for k in ("sensitivity", "ppv", "f1")},
         "froc": {"fp_per_study": froc.get("curve", {}).get("fp_per_study", []), "sensitivity": froc.get("curve", {}).get("sensitivity", []),
                  "average_sensitivity": froc.get("average_sensitivity")},
@@ -110,10 +140,10 @@ def student_results(run: PipelineRun) -> dict[str, Any]:
         if run_1.get("strict"):
             rows["teacher"]["strict"] = run_1["strict"]
     stages = json.loads((run.work / "stages.json").read_text()) if (run.work / "stages.json").exists() else {}
-    for name in MODELS:
+    for name, (_, ckpt, _, _) in MODELS.items():
         path = run.path("student", "eval", f"{name}_test_metrics.json")
         if path.exists():
-            rows[name] = _metrics(json.loads(path.read_text()))
+            rows[name] = _metrics(json.loads(path.read_text()), run.path("student", ckpt, "threshold.json"))
             train = stages.get(f"{name}_train", {})
             if train.get("status") == "done":
                 rows[name]["train_minutes"] = train["seconds"] / 60.0

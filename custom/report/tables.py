@@ -362,8 +362,9 @@ def localization_table(students: Mapping[str, Any] | NotRun, baselines: Mapping[
         baselines: ``results["baselines"]`` (or ``NotRun``).
 
     Returns:
-        One row per model: studies, sensitivity, PPV, F1, TP/FP/FN, FP per study, FROC average
-        sensitivity, training minutes, and the paper's F1.
+        One row per model: studies, probability threshold (calibrated on the validation split when the
+        run calibrated it), sensitivity, PPV, F1, TP/FP/FN, FP per study, FROC average sensitivity,
+        training minutes, and the paper's F1.
     """
     rows, classes = [], []
     for label, metrics, w, key in _model_rows(students, baselines):
@@ -371,21 +372,22 @@ def localization_table(students: Mapping[str, Any] | NotRun, baselines: Mapping[
         if not isinstance(metrics, NotRun) and metrics.get("rule"):
             label = f"{label}: {metrics['rule']}"
         if isinstance(metrics, NotRun):
-            cells = [_NOT_RUN] * 10
+            cells = [_NOT_RUN] * 11
         else:
             froc = section(metrics, "froc", w)
-            cells = [format_count(number(metrics, "n_studies", w)), *_rates(metrics, w),
+            cells = [format_count(number(metrics, "n_studies", w)), _fixed(number(metrics, "threshold", w), 2), *_rates(metrics, w),
                      *(format_count(number(metrics, k, w)) for k in ("tp", "fp", "fn")),
                      _fixed(number(metrics, "fp_per_study", w), 2),
                      format_rate(number(froc, "average_sensitivity", f"{w}.froc")),
                      _fixed(number(metrics, "train_minutes", w), 1)]
         rows.append([label, *cells, "—" if paper is None else format_rate(paper)])
         classes.append("not-run" if isinstance(metrics, NotRun) else None)
-    columns = ["Model", "Test studies", "Sensitivity", "PPV", "F1", "TP", "FP", "FN", "FP/study",
+    columns = ["Model", "Test studies", "Threshold", "Sensitivity", "PPV", "F1", "TP", "FP", "FN", "FP/study",
                "FROC avg. sensitivity", "Training (min)", f"{PAPER_COLUMN} F1"]
     return Table("Tables 4-5 analog: PE localization", columns, rows, row_classes=classes,
                  caption="Per-PE cluster matching on the test studies (a detection and an embolus match when they "
-                         "intersect). Fine-tuned and random init train on the annotated subset only.")
+                         "intersect). Fine-tuned and random init train on the annotated subset only. Threshold: the "
+                         "probability threshold of the detections, chosen on the validation split when calibrated.")
 
 
 def strict_matching_table(students: Mapping[str, Any] | NotRun, baselines: Mapping[str, Any] | NotRun) -> Table:

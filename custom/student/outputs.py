@@ -28,7 +28,7 @@ from custom.io.errors import InputError
 from custom.io.nifti import write_volume
 from custom.student.findings import study_findings
 
-__all__ = ["SaveStudentOutputsd", "pending_entries", "student_output_paths"]
+__all__ = ["SaveStudentOutputsd", "entry_uid", "pending_entries", "student_output_paths"]
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -64,11 +64,12 @@ def pending_entries(
     return [
         e
         for e in entries
-        if not all(p.is_file() for p in student_output_paths(output_dir, _entry_uid(e, uid_key, image_key)).values())
+        if not all(p.is_file() for p in student_output_paths(output_dir, entry_uid(e, uid_key, image_key)).values())
     ]
 
 
-def _entry_uid(entry: Mapping[str, Any], uid_key: str, image_key: str) -> str:
+def entry_uid(entry: Mapping[str, Any], uid_key: str = "study_uid", image_key: str = "image") -> str:
+    """The StudyInstanceUID of a datalist entry: ``entry[uid_key]``, else its image file name without suffix."""
     uid = entry.get(uid_key)
     if uid:
         return str(uid)

@@ -1,0 +1,201 @@
+"""The student's probability threshold, calibrated on the validation split (issue 6).
+
+The paper calibrates the teacher's high threshold "on the evaluation set" (Condrea et al. 2025, 3.2)
+and says nothing about the student's; a DynUNet trained with a Dice loss on a rare class is not
+calibrated, so its 0.5 is an arbitrary operating point. Session 13 measured five students: a threshold
+chosen on the validation split raised the test F1 of all five (mean 0.115 -> 0.143, student README).
+
+The calibration reads the probability maps the inference wrote for the validation studies, scores
+every candidate threshold with per-PE cluster matching (:mod:`custom.metrics.cluster_matching`,
+pooled over studies, as the evaluation does) and keeps the best. Ties go to the candidate nearest the
+uncalibrated default, then to the lower one. When no candidate matches any embolus (F1 0 everywhere)
+the default is kept and the file says so (``"calibrated": false``).
+
+The result is written atomically to ``<ckpt_dir>/threshold.json`` beside the weights (the classifier
+keeps its slice threshold the same way); :func:`read_threshold` reads it back, and the bundle's
+``inference.json`` / ``evaluate.json`` and the deploy app use it when it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+
+from custom.io.atomic import write_json_atomic
+from custom.io.errors import InputError
+from custom.metrics.cluster_matching import ClusterCounts, cluster_overlaps, count_matches
+from custom.metrics.scoring import StudyFiles, read_pair
+from custom.student.outputs import entry_uid, student_output_paths
+
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "THRESHOLD_FILE",
+    "calibrate_student_threshold",
+    "calibrate_threshold",
+    "load_calibration",
+    "read_threshold",
+]
+
+#: Candidate thresholds: the measured optima of session 13 lay at 0.7-0.9; lower ones serve students
+#: that under-segment.
+DEFAULT_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+#: File name of the calibration, beside the weights.
+THRESHOLD_FILE = "threshold.json"
+
+
+def _check_candidates(candidates: Sequence[float], default: float) -> list[float]:
+    values = sorted({float(c) for c in candidates})
+    if not values:
+        raise ValueError("give at least one candidate threshold")
+    for value in [*values, float(default)]:
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"thresholds must lie in (0, 1), got {value}")
+    return values
+
+
+def calibrate_threshold(
+    studies: Sequence[StudyFiles], candidates: Sequence[float] = DEFAULT_CANDIDATES, default: float = 0.5
+) -> dict[str, Any]:
+    """Choose the threshold with the best pooled cluster-matching F1 on the given studies.
+
+    Args:
+        studies: validation studies, each a probability map (``<uid>_prob.nii.gz``) and its reference mask
+            on the same grid.
+        candidates: thresholds to try, each in (0, 1).
+        default: the uncalibrated threshold; kept when no candidate matches an embolus, and preferred on ties.
+
+    Returns:
+        ``{"threshold", "calibrated", "default", "validation_f1", "n_studies", "n_references",
+        "candidates": [{"threshold", "tp", "fp", "fn", "sensitivity", "ppv", "f1"}, ...]}``.
+
+    Raises:
+        InputError: no study, an unreadable file, a map on another grid than its reference, NaN.
+    """
+    values = _check_candidates(candidates, default)
+    if not studies:
+        raise InputError("no validation study with a reference mask: the student's threshold cannot be calibrated")
+    totals = {t: ClusterCounts() for t in values}
+    for files in studies:
+        prob, ref = read_pair(files)
+        for t in values:
+            totals[t] = totals[t] + count_matches(cluster_overlaps(prob, ref, t))
+    rows = [{"threshold": t, **totals[t].as_dict()} for t in values]
+    best = max(rows, key=lambda r: (np.nan_to_num(r["f1"]), -abs(r["threshold"] - default), -r["threshold"]))
+    calibrated = bool(np.nan_to_num(best["f1"]) > 0.0)
+    return {
+        "threshold": best["threshold"] if calibrated else float(default),
+        "calibrated": calibrated,
+        "default": float(default),
+        "metric": "per-PE cluster-matching F1 pooled over the validation studies",
+        "validation_f1": best["f1"] if calibrated else next((r["f1"] for r in rows if r["threshold"] == default), None),
+        "n_studies": len(studies),
+        "n_references": int(best["tp"] + best["fn"]),
+        "candidates": rows,
+    }
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def calibrate_student_threshold(
+    entries: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    candidates: Sequence[float] = DEFAULT_CANDIDATES,
+    default: float = 0.5,
+    label_key: str = "label",
+    uid_key: str = "study_uid",
+    image_key: str = "image",
+) -> dict[str, Any] | None:
+    """Calibrate on the inference outputs of datalist entries and write the result (the bundle's ``calibrate``).
+
+    Under ``torch.distributed`` (``multi_gpu_inference.json``) every rank waits for the others' outputs,
+    rank 0 calibrates and writes, and the others wait for it.
+
+    Args:
+        entries: the validation entries (``load_decathlon_datalist`` output); those without ``label_key`` are skipped.
+        output_dir: where the inference wrote ``<uid>_prob.nii.gz`` for each entry.
+        out_path: the calibration JSON (normally ``<ckpt_dir>/threshold.json``), written atomically.
+        candidates: thresholds to try.
+        default: the uncalibrated threshold.
+        label_key: entry key of the reference mask path.
+        uid_key: entry key of the StudyInstanceUID (else the image file name).
+        image_key: entry key of the image path.
+
+    Returns:
+        The calibration (see :func:`calibrate_threshold`) on the writing rank, ``None`` on the others.
+
+    Raises:
+        InputError: an entry's probability map is missing (names it), or see :func:`calibrate_threshold`.
+    """
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        dist.barrier()
+    result = None
+    if not distributed or dist.get_rank() == 0:
+        studies = []
+        for entry in entries:
+            if not entry.get(label_key):
+                continue
+            uid = entry_uid(entry, uid_key, image_key)
+            prob = student_output_paths(output_dir, uid)["prob"]
+            if not prob.is_file():
+                raise InputError(f"{prob}: no probability map for validation study {uid}; run the inference on it first")
+            studies.append(StudyFiles(uid, prob, Path(entry[label_key])))
+        result = calibrate_threshold(studies, candidates, default)
+        result["output_dir"] = str(output_dir)
+        write_json_atomic(out_path, _json_ready(result))
+    if distributed:
+        dist.barrier()
+    return result
+
+
+def load_calibration(path: str | os.PathLike) -> dict[str, Any]:
+    """A calibration file written by :func:`calibrate_student_threshold`, checked.
+
+    Raises:
+        InputError: the file is missing, not JSON, or holds no threshold in (0, 1).
+    """
+    path = Path(path)
+    try:
+        calibration = json.loads(path.read_text())
+        threshold = float(calibration["threshold"])
+    except FileNotFoundError:
+        raise InputError(f"{path}: no student threshold calibration (run the bundle's calibrate config)") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{path}: not a student threshold calibration ({error!r})") from None
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"{path}: threshold {threshold} is not in (0, 1)")
+    calibration["threshold"] = threshold
+    return calibration
+
+
+def read_threshold(ckpt_dir: str | os.PathLike, default: float = 0.5) -> float:
+    """The calibrated threshold in ``<ckpt_dir>/threshold.json``, or ``default`` when there is none.
+
+    Args:
+        ckpt_dir: the folder of the weights.
+        default: the threshold of an uncalibrated model.
+
+    Returns:
+        The threshold, in (0, 1).
+
+    Raises:
+        InputError: the file exists but is not a valid calibration (:func:`load_calibration`).
+    """
+    path = Path(ckpt_dir) / THRESHOLD_FILE
+    return load_calibration(path)["threshold"] if path.is_file() else float(default)
