@@ -19,7 +19,6 @@ keeps its slice threshold the same way); :func:`read_threshold` reads it back, a
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,10 +27,9 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 
-from custom.io.atomic import write_json_atomic
 from custom.io.errors import InputError
 from custom.metrics.cluster_matching import ClusterCounts, cluster_overlaps, count_matches
-from custom.metrics.scoring import StudyFiles, read_pair
+from custom.metrics.scoring import StudyFiles, read_pair, write_report
 from custom.student.outputs import entry_uid, student_output_paths
 
 __all__ = [
@@ -101,16 +99,6 @@ def calibrate_threshold(
     }
 
 
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def calibrate_student_threshold(
     entries: Sequence[Mapping[str, Any]],
     output_dir: str | os.PathLike,
@@ -158,7 +146,7 @@ def calibrate_student_threshold(
             studies.append(StudyFiles(uid, prob, Path(entry[label_key])))
         result = calibrate_threshold(studies, candidates, default)
         result["output_dir"] = str(output_dir)
-        write_json_atomic(out_path, _json_ready(result))
+        write_report(out_path, result)  # atomic; NaN rates as null
     if distributed:
         dist.barrier()
     return result
