@@ -175,7 +175,7 @@ def test_calibrate_cli_then_inference_and_evaluate_use_the_threshold(workspace, 
     assert sorted(p.name for p in (bundle / "val_output").glob("*_prob.nii.gz")) == sorted(f"{e['study_uid']}_prob.nii.gz" for e in validation)
     calibration = json.loads((ckpt / "threshold.json").read_text())
     assert calibration["n_studies"] == 2 and calibration["n_references"] == 1  # one embolus in the validation split
-    assert [r["threshold"] for r in calibration["candidates"]] == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    assert [r["threshold"] for r in calibration["candidates"]] == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
     assert 0.0 < calibration["threshold"] < 1.0
 
     (ckpt / "threshold.json").write_text(json.dumps({"threshold": 0.05}))  # a low threshold shows in the masks

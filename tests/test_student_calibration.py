@@ -54,6 +54,8 @@ def test_best_pooled_f1_wins(tmp_path) -> None:
     rows = {r["threshold"]: r for r in result["candidates"]}
     assert [rows[t]["tp"] for t in (0.5, 0.6, 0.7, 0.8, 0.95)] == [2, 2, 1, 1, 0]
     assert [rows[t]["fp"] for t in (0.5, 0.6, 0.7, 0.8, 0.95)] == [2, 1, 1, 0, 0]
+    assert [rows[t]["detection_voxels"] for t in (0.5, 0.6, 0.7, 0.8, 0.95)] == [54, 45, 27, 18, 0]
+    assert [rows[t]["largest_detection_voxels"] for t in (0.5, 0.6, 0.7, 0.8, 0.95)] == [18, 18, 18, 18, 0]
     assert result["n_studies"] == 1 and result["n_references"] == 2
 
 
@@ -69,6 +71,22 @@ def test_counts_are_pooled_over_studies(tmp_path) -> None:
     assert (rows[0.6]["tp"], rows[0.6]["fp"], rows[0.6]["fn"]) == (3, 2, 0)  # F1 0.75
     assert (rows[0.8]["tp"], rows[0.8]["fp"], rows[0.8]["fn"]) == (2, 0, 1)  # F1 0.8
     assert result["threshold"] == 0.8 and result["n_references"] == 3
+
+
+def test_default_candidates_do_not_go_below_the_default_where_blobs_win(tmp_path) -> None:
+    """At a low threshold a study-wide haze becomes one detection touching every embolus: the
+    intersection rule scores it F1 1.0. The default candidates start at the default threshold."""
+    ref, prob = np.zeros(SHAPE), np.full(SHAPE, 0.35)
+    ref[1:3, 2:6, 2:6] = 1
+    ref[5:7, 14:18, 14:18] = 1
+    prob[1:3, 3:6, 3:6] = 0.9  # embolus A found
+    prob[4, 20:23, 20:23] = 0.8  # one false detection
+    study = _study(tmp_path, "5.5", prob, ref)
+    blob = calibrate_threshold([study], candidates=(0.3, 0.5))
+    assert blob["threshold"] == 0.3 and blob["validation_f1"] == 1.0
+    assert blob["candidates"][0]["largest_detection_voxels"] == prob.size
+    result = calibrate_threshold([study])
+    assert result["threshold"] >= 0.5 and result["candidates"][0]["threshold"] == 0.5
 
 
 def test_ties_go_to_the_default_then_to_the_lower(tmp_path) -> None:
