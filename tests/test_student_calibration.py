@@ -139,6 +139,21 @@ def test_from_datalist_entries_writes_and_reads_back(tmp_path) -> None:
     assert read_threshold(ckpt) == 0.6  # the earlier calibration is intact
 
 
+def test_a_calibration_of_other_weights_is_refused(tmp_path) -> None:
+    """Retrained weights in the folder make the old calibration stale: reading it is an error, not a silent threshold."""
+    study = _two_emboli(tmp_path)
+    entries = [{"image": "x/1.2.3.nii.gz", "label": str(study.reference), "study_uid": "1.2.3"}]
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    (ckpt / "model.pt").write_bytes(b"weights of run 1")
+    calibrate_student_threshold(entries, tmp_path / "out", ckpt / "threshold.json", candidates=(0.5, 0.6))
+    assert len(json.loads((ckpt / "threshold.json").read_text())["weights_sha256"]) == 64
+    assert read_threshold(ckpt) == 0.6
+    (ckpt / "model.pt").write_bytes(b"weights of run 2")
+    with pytest.raises(InputError, match="threshold.json: calibrated for other weights than .*model.pt"):
+        read_threshold(ckpt)
+
+
 @pytest.mark.parametrize("content, message", [
     ("not json", "not a student threshold calibration"),
     ('{"f1": 0.3}', "not a student threshold calibration"),

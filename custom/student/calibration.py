@@ -20,6 +20,7 @@ keeps its slice threshold the same way); :func:`read_threshold` reads it back, a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,16 @@ __all__ = [
 DEFAULT_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 #: File name of the calibration, beside the weights.
 THRESHOLD_FILE = "threshold.json"
+#: The weights a calibration belongs to, in the same folder.
+WEIGHTS_FILE = "model.pt"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_candidates(candidates: Sequence[float], default: float) -> list[float]:
@@ -139,7 +150,8 @@ def calibrate_student_threshold(
         image_key: entry key of the image path.
 
     Returns:
-        The calibration (see :func:`calibrate_threshold`) on the writing rank, ``None`` on the others.
+        The calibration (see :func:`calibrate_threshold`) on the writing rank, ``None`` on the others. It
+        also records ``output_dir`` and the SHA-256 of ``model.pt`` beside ``out_path`` when there is one.
 
     Raises:
         InputError: an entry's probability map is missing (names it), or see :func:`calibrate_threshold`.
@@ -160,6 +172,9 @@ def calibrate_student_threshold(
             studies.append(StudyFiles(uid, prob, Path(entry[label_key])))
         result = calibrate_threshold(studies, candidates, default)
         result["output_dir"] = str(output_dir)
+        weights = Path(out_path).parent / WEIGHTS_FILE
+        if weights.is_file():  # read_threshold refuses the calibration once these weights change
+            result["weights_sha256"] = _sha256(weights)
         write_report(out_path, result)  # atomic; NaN rates as null
     if distributed:
         dist.barrier()
@@ -197,7 +212,15 @@ def read_threshold(ckpt_dir: str | os.PathLike, default: float = 0.5) -> float:
         The threshold, in (0, 1).
 
     Raises:
-        InputError: the file exists but is not a valid calibration (:func:`load_calibration`).
+        InputError: the file exists but is not a valid calibration (:func:`load_calibration`), or it was
+            calibrated for other weights than the ``model.pt`` now in ``ckpt_dir`` (retrained since).
     """
     path = Path(ckpt_dir) / THRESHOLD_FILE
-    return load_calibration(path)["threshold"] if path.is_file() else float(default)
+    if not path.is_file():
+        return float(default)
+    calibration = load_calibration(path)
+    weights = Path(ckpt_dir) / WEIGHTS_FILE
+    if calibration.get("weights_sha256") and weights.is_file() and _sha256(weights) != calibration["weights_sha256"]:
+        raise InputError(f"{path}: calibrated for other weights than {weights} (retrained since?); "
+                         "calibrate again (configs/calibrate.json) or delete the file")
+    return calibration["threshold"]
