@@ -324,8 +324,15 @@ class AutocastInferer(Inferer):
     With ``dtype="auto"`` the choice is made on the first call of the network, with the input
     the network really receives (a training batch, or a sliding-window batch of patches):
     :func:`resolve_autocast_dtype` times a copy of the network in float32 and bfloat16 on that
-    input's device and shape, then every later call uses the result (``self.dtype``). Each
-    process measures on its own (no collective call, so ranks with uneven data cannot hang).
+    input's device and shape, then every later call uses the result (``self.dtype``).
+
+    Under ``torchrun`` the ranks must compute the same way, yet each measures its own clock (two
+    ranks of one CPU run chose float32 and bfloat16 in a probe). Two ways to agree:
+    ``agree_across_ranks`` broadcasts rank 0's measurement, a collective call that is safe only
+    where every rank makes its first call together (a DDP training step: all ranks run every
+    iteration); ``follow`` adopts the dtype another ``AutocastInferer`` has already measured, with
+    no collective call (validation follows training, so ranks with uneven validation shards cannot
+    hang). Without either, each process keeps its own measurement.
 
     Args:
         inferer: the inferer to wrap (``SimpleInferer``, ``SlidingWindowInferer``, ...).
@@ -333,12 +340,27 @@ class AutocastInferer(Inferer):
             ``"float16"``.
         backward: the ``"auto"`` probe times forward and backward (training) instead of forward
             only (inference).
+        agree_across_ranks: broadcast rank 0's ``"auto"`` measurement (see above; ignored when
+            ``torch.distributed`` is not initialised).
+        follow: an ``AutocastInferer`` whose measured dtype this one takes when it has measured
+            before this one's first call; otherwise this one measures on its own.
     """
 
-    def __init__(self, inferer: Inferer, dtype: str | torch.dtype | None = None, backward: bool = False) -> None:
+    def __init__(
+        self,
+        inferer: Inferer,
+        dtype: str | torch.dtype | None = None,
+        backward: bool = False,
+        agree_across_ranks: bool = False,
+        follow: AutocastInferer | None = None,
+    ) -> None:
         super().__init__()
+        if follow is not None and not isinstance(follow, AutocastInferer):
+            raise TypeError(f"follow must be an AutocastInferer, got {type(follow).__name__}")
         self.inferer = inferer
         self.backward = bool(backward)
+        self.agree_across_ranks = bool(agree_across_ranks)
+        self.follow = follow
         self.pending = is_auto(dtype)
         self.dtype = None if self.pending else as_autocast_dtype(dtype)
 
@@ -354,9 +376,14 @@ class AutocastInferer(Inferer):
     def _measure_then_forward(self, network: Callable[..., Any]) -> Callable[..., Any]:
         def forward(inputs: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             if self.pending:
-                self.dtype = resolve_autocast_dtype(
-                    "auto", network, inputs.shape, inputs.device, backward=self.backward, agree_across_ranks=False
-                )
+                if self.follow is not None and not self.follow.pending:
+                    self.dtype = self.follow.dtype
+                    logger.info("autocast dtype %s, as measured by the inferer it follows", _name(self.dtype))
+                else:
+                    self.dtype = resolve_autocast_dtype(
+                        "auto", network, inputs.shape, inputs.device,
+                        backward=self.backward, agree_across_ranks=self.agree_across_ranks,
+                    )
                 self.pending = False
             if self.dtype is None:
                 return network(inputs, *args, **kwargs)

@@ -162,6 +162,77 @@ def test_auto_inferer_really_measures_under_no_grad_for_training_probes():
     assert out.dtype == torch.float32 and all(p.grad is None for p in net.parameters())
 
 
+def test_auto_inferer_passes_rank_agreement_to_the_probe_and_a_follower_adopts_the_measured_dtype(monkeypatch):
+    import custom.precision as precision
+
+    calls, fake_resolve = _recording_resolver(torch.bfloat16)
+    monkeypatch.setattr(precision, "resolve_autocast_dtype", fake_resolve)
+    net = _DtypeRecorder()
+    training = AutocastInferer(SimpleInferer(), "auto", backward=True, agree_across_ranks=True)
+    validation = AutocastInferer(SimpleInferer(), "auto", follow=training)
+    training(torch.randn(2, 1, 8, 8, 4), net)
+    assert calls == [("auto", (2, 1, 8, 8, 4), True, True)]
+    net.seen.clear()
+    validation(torch.randn(1, 1, 8, 8, 4), net)
+    assert len(calls) == 1 and validation.dtype == torch.bfloat16 and net.seen == [torch.bfloat16]  # no second probe
+    # a follower called before its leader has measured (evaluation without training) measures on its own
+    unmeasured = AutocastInferer(SimpleInferer(), "auto", backward=True)
+    alone = AutocastInferer(SimpleInferer(), "auto", follow=unmeasured)
+    alone(torch.randn(1, 1, 8, 8, 4), net)
+    assert calls[-1] == ("auto", (1, 1, 8, 8, 4), False, False) and unmeasured.pending
+    with pytest.raises(TypeError, match="follow must be an AutocastInferer"):
+        AutocastInferer(SimpleInferer(), "auto", follow=SimpleInferer())
+
+
+def _rank_probe_worker(rank: int, init_file: str, results: dict) -> None:
+    import torch.distributed as dist
+
+    import custom.precision as precision
+
+    torch.set_num_threads(1)
+    # each rank "measures" a different winner, as two ranks sharing a CPU's cores can
+    precision.fastest_autocast_dtype = lambda step, device, **kw: (
+        (None, torch.bfloat16)[rank], {"float32": 1.0, "bfloat16": (0.5, 2.0)[rank]}
+    )
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        net = _DtypeRecorder()
+        training = AutocastInferer(SimpleInferer(), "auto", backward=True, agree_across_ranks=True)
+        validation = AutocastInferer(SimpleInferer(), "auto", follow=training)
+        independent = AutocastInferer(SimpleInferer(), "auto")
+        for inferer in (training, validation, independent):
+            inferer(torch.randn(1, 1, 8, 8, 4), net)
+        results[rank] = (training.dtype, validation.dtype, independent.dtype)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_on_rank_zeros_measurement_under_gloo(tmp_path):
+    """Two CPU ranks whose probes disagree: training and its follower use rank 0's choice; an unagreed inferer does not."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_rank_probe_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True, start_method="fork")
+        results = dict(results)
+    assert results[0] == (None, None, None)  # rank 0 measured float32 (None)
+    assert results[1] == (None, None, torch.bfloat16)
+
+
+@pytest.mark.parametrize("bundle", ["classifier", "dynunet_student"])
+def test_bundle_validation_follows_the_training_dtype_and_training_agrees_across_ranks(bundle):
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.json"))
+    training = parser.get_parsed_content("train#inferer")
+    validation = parser.get_parsed_content("validate#inferer")
+    assert training.agree_across_ranks and training.backward
+    assert validation.follow is training and not validation.agree_across_ranks
+
+
 class _LayoutSleeper(torch.nn.Module):
     """A conv whose forward sleeps longer with contiguous weights: the decision logic, not this CPU."""
 
