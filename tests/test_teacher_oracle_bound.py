@@ -1,0 +1,84 @@
+"""The teacher-ceiling benchmark's oracle classifier (issue 5): it finds the window it is shown, attends to the
+emboli of the window's centre slice only, hands the decision to the next embolus when one is masked, and
+through the real teacher its clusters are the emboli."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from custom.explain import window_slice_indices
+from custom.metrics import match_clusters
+from custom.teacher import TeacherFactory
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("teacher_oracle_bound", REPO / "benchmarks" / "teacher_oracle_bound.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def study():
+    """12 slices of 32 x 32 bright "contrast" (0.7-1.0); embolus 1 (2 x 3 x 3, value 0.4) on slices 4-5,
+    embolus 2 (2 x 2 x 2, value 0.4) on slices 5-6: slice 5 shows both."""
+    rng = np.random.default_rng(0)
+    volume = rng.uniform(0.7, 1.0, size=(12, 32, 32)).astype(np.float32)
+    labels = np.zeros(volume.shape, dtype=np.int64)
+    labels[4:6, 5:8, 5:8] = 1
+    labels[5:7, 20:22, 20:22] = 2
+    volume[labels > 0] = 0.4
+    windows = torch.from_numpy(volume)[window_slice_indices(12, 7)]  # (12, 7, 32, 32)
+    return volume, labels, windows
+
+
+def test_oracle_finds_the_window_under_scaling_and_masking(bench, study):
+    volume, labels, windows = study
+    oracle = bench.EmbolusOracle(bias=1.0)
+    oracle.set_study(volume, labels)
+    for alpha in (0.2, 1.0):
+        assert oracle.window_of(alpha * windows).tolist() == list(range(12))
+    masked = windows.clone()
+    masked[:, :, 5:8, 5:8] = 0.0
+    assert oracle.window_of(masked).tolist() == list(range(12))
+
+
+def test_oracle_logit_is_the_strongest_centre_embolus_and_masking_hands_over(bench, study):
+    volume, labels, windows = study
+    oracle = bench.EmbolusOracle(bias=1.0)
+    oracle.set_study(volume, labels)
+    logits = oracle(windows).squeeze(1)
+    # slice 5 shows both emboli: embolus 1 has 18 voxels x 0.4 = 7.2 in the window, embolus 2 has 8 x 0.4 = 3.2
+    assert logits[5].item() == pytest.approx(7.2 - 1.0, abs=1e-4)
+    assert logits[6].item() == pytest.approx(3.2 - 1.0, abs=1e-4)  # only embolus 2 on slice 6
+    assert logits[0].item() == pytest.approx(-1.0) and logits[9].item() == pytest.approx(-1.0)  # no embolus on the centre slice
+    window = windows[5:6].clone().requires_grad_(True)
+    oracle(window).sum().backward()
+    assert torch.equal(window.grad[0] != 0, torch.from_numpy(labels)[window_slice_indices(12, 7)][5] == 1)  # the max pool's winner only
+    masked = windows[5:6].clone()
+    masked[0][torch.from_numpy(labels)[window_slice_indices(12, 7)][5] == 1] = 0.0  # the Cutout fill over embolus 1
+    assert oracle(masked).item() == pytest.approx(3.2 - 1.0, abs=1e-4)
+    masked[0][torch.from_numpy(labels)[window_slice_indices(12, 7)][5] == 2] = 0.0
+    assert oracle(masked).item() == pytest.approx(-1.0)
+
+
+def test_teacher_with_the_oracle_recovers_both_emboli_in_two_rounds(bench, study):
+    volume, labels, _ = study
+    oracle = bench.EmbolusOracle(bias=1.0)
+    oracle.set_study(volume, labels)
+    factory = TeacherFactory(
+        oracle, 0.05, neighbourhood=(3, 3, 3), min_voxels=1, min_cluster_voxels=1, max_center_distance_px=100.0,
+        scale_to_grid=False, clf_threshold=0.5, n_steps=4, references=["fill"], n_noise=0, max_batch=8,
+        windows_per_batch=1, autocast_dtype=None, channels_last=False, fold_batchnorm=False, mask_threshold=0.5,
+    )
+    explanation = factory(32, 32)(volume, study_id="oracle")
+    assert explanation.window_rounds[5] == 2  # embolus 1 in round 1, embolus 2 after it was masked
+    assert explanation.window_rounds[0] == 0 and explanation.window_rounds[4] == 1
+    counts = match_clusters(explanation.mask_filtered, (labels > 0).astype(np.uint8))
+    assert (counts.tp, counts.fp, counts.fn) == (2, 0, 0)
+    assert not explanation.mask_filtered[labels == 0].any()  # attributions are zero off the emboli
