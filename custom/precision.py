@@ -213,6 +213,7 @@ def resolve_channels_last(
     backward: bool = False,
     repeats: int = 3,
     min_speedup: float = 1.05,
+    agree_across_ranks: bool = False,
 ) -> bool:
     """A config's ``channels_last``: ``"auto"`` is measured on this device, a boolean is taken as given.
 
@@ -231,6 +232,8 @@ def resolve_channels_last(
         backward: time forward and input-gradient backward instead of forward only.
         repeats: timed calls per memory format.
         min_speedup: how much faster channels-last must be to be chosen.
+        agree_across_ranks: broadcast rank 0's choice when ``torch.distributed`` is initialised (a
+            collective call: every rank must make it).
 
     Returns:
         Whether to use channels-last.
@@ -274,6 +277,10 @@ def resolve_channels_last(
         for name in formats:
             best[name] = min(best[name], call(name))
     chosen = best["contiguous"] >= min_speedup * best["channels_last"]
+    if agree_across_ranks and dist.is_available() and dist.is_initialized():
+        decision = [bool(chosen)]
+        dist.broadcast_object_list(decision, src=0)
+        chosen = bool(decision[0])
     logger.info(
         "memory-format probe on %s (%s, %s, input %s): contiguous %.0f ms, channels_last %.0f ms (%.2fx) -> %s",
         device, _name(autocast_dtype), "forward+input gradient" if backward else "forward", list(input_shape),

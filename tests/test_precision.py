@@ -286,3 +286,68 @@ def test_teacher_factory_measures_the_memory_format_once_per_grid(monkeypatch):
     assert factory(32, 32).explainer.network[0].weight.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="channels_last"):
         IExplainTeacher(classifier, 1.0, channels_last="fast")
+
+
+class _RankLayoutSleeper(torch.nn.Module):
+    """A slice classifier whose contiguous / channels-last speeds are swapped on rank 1: the ranks' probes disagree."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(7, 1, 3)
+        fast, slow = 0.0, 0.03
+        self.seconds = {True: fast, False: slow} if rank == 0 else {True: slow, False: fast}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.conv.weight
+        time.sleep(self.seconds[weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()])
+        return self.conv(x).amax(dim=(1, 2, 3)).reshape(-1, 1)
+
+
+def _teacher_rank_worker(rank: int, init_file: str, results: dict) -> None:
+    import torch.distributed as dist
+
+    import custom.precision as precision
+    from custom.teacher import TeacherFactory
+
+    torch.set_num_threads(1)
+    precision.fastest_autocast_dtype = lambda step, device, **kw: (
+        (None, torch.bfloat16)[rank], {"float32": 1.0, "bfloat16": (2.0, 0.5)[rank]}
+    )
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        factory = TeacherFactory(
+            _RankLayoutSleeper(rank), 1.0, scale_to_grid=False, autocast_dtype="auto", channels_last="auto",
+            max_batch=2, fold_batchnorm=False,
+        )
+        factory.agree_precision(16, 16)
+        factory.agree_precision(16, 16)  # measured already: no second collective (rank 1 would otherwise hang alone)
+        teacher = factory(16, 16)
+        results[rank] = (teacher.autocast_dtype, teacher.channels_last)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_teacher_ranks_take_rank_zeros_precision_under_gloo(tmp_path):
+    """Rank 0 measures float32 and channels-last, rank 1 bfloat16 and contiguous; both ranks explain with rank 0's."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_teacher_rank_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True, start_method="fork")
+        results = dict(results)
+    assert results[0] == results[1] == (None, True)
+
+
+def test_study_grids_come_from_the_headers_in_order(tmp_path):
+    import numpy as np
+
+    from custom.io.nifti import write_volume
+    from custom.teacher.cohort import _study_grids
+
+    entries = []
+    for name, shape in [("a", (4, 16, 20)), ("b", (5, 16, 20)), ("c", (4, 24, 16))]:
+        write_volume(tmp_path / f"{name}.nii.gz", np.zeros(shape, dtype=np.int16), np.eye(4))
+        entries.append({"image": str(tmp_path / f"{name}.nii.gz")})
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    entries.append({"image": str(tmp_path / "broken.nii.gz")})
+    assert _study_grids(entries) == [(16, 20), (24, 16)]  # (height, width) of the (Z, Y, X) studies; the broken one left out

@@ -396,6 +396,9 @@ def test_multi_gpu_inference_shards_studies_with_gloo(cohort, tmp_path):
     assert uids == ["s4", "s5", "s6", "s7", "s8"] and index["done"] == uids and index["world_size"] == 2
     assert {r["rank"] for r in index["studies"]} == {0, 1} and all(r["status"] == "done" for r in index["studies"])
     assert all(log.count(f"study {uid} done") == 1 for uid in uids)
+    # the ranks measured the "auto" precision of the grid together and took rank 0's choice
+    precisions = {(r["autocast_dtype"], r["channels_last"]) for r in (json.loads((out / "clusters" / f"{uid}.json").read_text()) for uid in uids)}
+    assert len(precisions) == 1, precisions
     record = json.loads((out / "clusters" / "s4.json").read_text())
     assert record["settings"]["references"] == ["fill", "max_distance", "blur", "uniform", "gaussian"]
     metrics = evaluate_teacher({"5": out}, load_studies(cohort["data"] / "datalist.json", "test"))

@@ -230,28 +230,33 @@ class IExplainTeacher:
         """Whether the passes run channels-last (after :meth:`resolve_precision` for ``"auto"``)."""
         return self.explainer.channels_last
 
-    def resolve_precision(self, height: int, width: int) -> torch.dtype | None:
+    def resolve_precision(self, height: int, width: int, agree_across_ranks: bool = False) -> torch.dtype | None:
         """The autocast dtype and memory format of every pass; ``"auto"`` is measured here once, on IG batches of this grid.
 
         The dtype is measured first, then the memory format under that dtype.
 
         Args:
             height, width: the slice size of the studies to explain.
+            agree_across_ranks: under ``torch.distributed``, use rank 0's measurements (a collective
+                call: every rank must make it; ``custom.teacher.run_cohort`` does, grid by grid,
+                before the ranks split the studies).
 
         Returns:
             ``None`` (float32) or the autocast dtype, also set on the explainer (the memory format is
             :attr:`channels_last`).
         """
         shape = (self.max_batch, WINDOW_DEPTH, int(height), int(width))
-        # ranks explain their own studies, so they probe at different times: no broadcast
         if self._autocast_pending:
             self.autocast_dtype = resolve_autocast_dtype(
-                "auto", self.classifier, shape, self.device, backward=True, agree_across_ranks=False
+                "auto", self.classifier, shape, self.device, backward=True, agree_across_ranks=agree_across_ranks
             )
             self.explainer.autocast_dtype = self.autocast_dtype
             self._autocast_pending = False
         if self._channels_last_pending:
-            channels_last = resolve_channels_last("auto", self.classifier, shape, self.device, self.autocast_dtype, backward=True)
+            channels_last = resolve_channels_last(
+                "auto", self.classifier, shape, self.device, self.autocast_dtype, backward=True,
+                agree_across_ranks=agree_across_ranks,
+            )
             self.explainer.set_channels_last(channels_last)
             self._channels_last_pending = False
         return self.autocast_dtype

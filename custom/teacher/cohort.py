@@ -10,6 +10,10 @@ For each study (under ``torchrun``, rank ``r`` of ``w`` takes ``studies[r::w]``)
 A crash therefore loses only the study in flight; bad input of one study (an unreadable file, NaN) is
 logged, recorded in ``failures.json`` and the others go on. After a barrier, rank 0 writes
 ``index.json`` (every requested study, its status, the rank that ran it, seconds) and ``failures.json``.
+
+Under ``torchrun`` the ranks first measure the ``"auto"`` dtype and memory format of every study grid
+together and take rank 0's choice (``TeacherFactory.agree_precision``), so that a study's pseudo-label
+does not depend on the rank that explained it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import nibabel as nib
 import torch.distributed as dist
 
 from custom.io.atomic import write_json_atomic
@@ -48,6 +53,23 @@ def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int,
     return rank, world_size
 
 
+def _study_grids(studies: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """The distinct ``(height, width)`` slice grids of the studies, in order, from the NIfTI headers.
+
+    A header that cannot be read is left out here; the study fails with a clear error when it is explained.
+    """
+    grids: list[tuple[int, int]] = []
+    for entry in studies:
+        try:
+            shape = nib.load(os.fspath(entry["image"])).shape  # (X, Y, Z) on disk; the study is (Z, Y, X)
+        except Exception as error:  # noqa: BLE001 - reported when the study itself is read
+            logger.warning("%s: no grid from the header (%s)", entry.get("image"), error)
+            continue
+        if len(shape) == 3 and (int(shape[1]), int(shape[0])) not in grids:
+            grids.append((int(shape[1]), int(shape[0])))
+    return grids
+
+
 def _explain_one(
     factory: TeacherFactory, entry: Mapping[str, Any], outputs: TeacherOutputs, window: Sequence[float]
 ) -> float:
@@ -65,6 +87,9 @@ def _explain_one(
         "shape": list(volume.shape),
         "window": [float(w) for w in window],
         "seconds": round(seconds, 3),
+        # what the "auto" settings resolved to for this study's grid (under torchrun: rank 0's choice)
+        "autocast_dtype": str(teacher.autocast_dtype).replace("torch.", "") if teacher.autocast_dtype else "float32",
+        "channels_last": bool(teacher.channels_last),
     }
     outputs.write(uid, explanation, affine, record)
     return seconds
@@ -103,6 +128,9 @@ def run_cohort(
         duplicates = sorted({uid for uid in uids if uids.count(uid) > 1})
         raise InputError(f"studies {duplicates} are listed more than once; their outputs would collide")
     records, failures = [], []
+    if dist.is_available() and dist.is_initialized() and world_size > 1 and hasattr(factory, "agree_precision"):
+        for height, width in _study_grids(studies):  # the same grids in the same order on every rank
+            factory.agree_precision(height, width)
     shard = list(studies)[rank::world_size]
     logger.info("rank %d/%d: %d of %d studies, output %s", rank, world_size, len(shard), len(studies), outputs.root)
     for entry in shard:

@@ -112,6 +112,22 @@ class TeacherFactory:
         threshold = self.high_threshold if high_threshold is None else float(high_threshold)
         if threshold is None:
             raise ValueError("no high threshold: calibrate it (configs/calibrate.json) or set high_threshold")
+        return self._teacher(height, width, threshold)
+
+    def agree_precision(self, height: int, width: int) -> None:
+        """Measure the ``"auto"`` dtype and memory format of a grid now, every rank taking rank 0's choice.
+
+        A collective call under ``torch.distributed``: every rank must make it, for the same grids in
+        the same order (``custom.teacher.run_cohort`` does before the ranks split the studies).
+        Otherwise each rank measures on its own clock when it meets the grid, and two ranks sharing
+        a CPU can choose differently, so a study's pseudo-label would depend on the rank that ran it.
+        Does nothing for a grid already measured (on every rank alike) or without ``"auto"`` settings.
+        """
+        if (int(height), int(width)) not in self._precision_by_grid:
+            # the threshold only matters for explaining, not for the probes
+            self._teacher(height, width, self.high_threshold or 1.0, agree_across_ranks=True)
+
+    def _teacher(self, height: int, width: int, threshold: float, agree_across_ranks: bool = False) -> IExplainTeacher:
         grid = self.grid_settings(height, width)
         settings = dict(self.teacher_settings)
         settings["fold_batchnorm"] = False  # folded once in __init__ (when asked): no example pass per study
@@ -129,7 +145,7 @@ class TeacherFactory:
             **settings,
         )
         # autocast_dtype and channels_last "auto" are measured on the first teacher of each grid and reused after
-        self._precision_by_grid[grid_key] = (teacher.resolve_precision(height, width), teacher.channels_last)
+        self._precision_by_grid[grid_key] = (teacher.resolve_precision(height, width, agree_across_ranks), teacher.channels_last)
         # with compile=True, holding the compiled classifier keeps it cached for the next studies' teachers
         self._explain_network = teacher.explainer.model
         return teacher
