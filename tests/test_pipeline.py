@@ -91,8 +91,15 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert sites["n_studies"] == len([e for e in datalist["test"] if e.get("label")])
     assert sum(sites["volume_share"].values()) == pytest.approx(1.0)
 
+    # the teacher's ceiling: the same teacher with an oracle classifier, on the true masks of the test split
+    ceiling = results["teacher"]["ceiling"]
+    assert ceiling["n_studies"] == len([e for e in datalist["test"] if e.get("label")])
+    assert ceiling["best"]["round"] >= 1 and ceiling["filtered"]["f1"] is not None
+    assert ceiling["size_filter_only"]["sensitivity"] >= ceiling["filtered"]["sensitivity"]
+
     report = (work / "report.md").read_text()
     html = (work / "report.html").read_text()
+    assert "The teacher's ceiling: an oracle classifier" in report and f"{ceiling['filtered']['f1']:.3f}" in report
     # numbers of this run appear in the report
     auc = results["classifier"]["slice_auc"]
     assert auc is not None and f"{auc:.3f}" in report and f"{auc:.3f}" in html

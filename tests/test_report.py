@@ -17,7 +17,7 @@ from custom.report import write_report
 from custom.report.__main__ import main
 from custom.report.figures import read_overlays
 from custom.report.results import NotRun, number, section
-from custom.report.tables import Table, refinement_table
+from custom.report.tables import Table, ceiling_table, refinement_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -47,6 +47,17 @@ def _run(first_f1: float, best_f1: float, unfiltered_f1: float) -> dict:
             "seconds_per_study": 12.345}
 
 
+def _ceiling() -> dict:
+    """The teacher's ceiling section (oracle classifier) with distinctive F1 values."""
+    def rates(f1: float) -> dict:
+        return {"sensitivity": 0.8, "ppv": 1.0, "f1": f1, "tp": 8, "fp": 0, "fn": 2}
+
+    return {"high_threshold": 0.05, "iteration1": rates(0.8123), "best": {"round": 2, **rates(0.8571)},
+            "filtered": rates(0.8571), "unfiltered": rates(0.9861), "unfiltered_iteration1": rates(0.9091),
+            "size_filter_only": rates(0.8572), "distance_filter_only": rates(0.9862), "strict": rates(0.8573),
+            "rounds_histogram": [160, 22, 0], "n_studies": 25}
+
+
 def _results() -> dict:
     """A results dict with distinctive numbers (every one of them must show up in the report)."""
     return {
@@ -64,7 +75,7 @@ def _results() -> dict:
                        "curve": [{"epoch": e, "minutes": 1.1 * e, "val_auc": 0.7 + 0.04 * e} for e in range(1, 6)],
                        "recipe": {"image_size": 96, "backbone": "tf_efficientnetv2_b0"}},
         "teacher": {"runs": {"1": _run(0.5123, 0.6173, 0.4312), "5": _run(0.5266, 0.6391, 0.4477)},
-                    "high_threshold": 0.3141, "froc": _froc(0.5929)},
+                    "high_threshold": 0.3141, "froc": _froc(0.5929), "ceiling": _ceiling()},
         "students": {"teacher": _metrics(0.6173, 0.3517, 10), "student": _metrics(0.7034, 0.4126, 10),
                      "finetuned": _metrics(0.7391, 0.4488, 8), "random_init": _metrics(0.6821, 0.3972, 8)},
         "baselines": {"hu_threshold": {**_metrics(0.0213, 0.0041, 10), "train_minutes": None,
@@ -176,9 +187,10 @@ class _TagBalance(HTMLParser):
 def test_order_paper_columns_and_missed_target(rendered):
     _, markdown, html = rendered
     titles = re.findall(r"^## (.+)$", markdown, flags=re.M)
-    assert [t.split()[0] for t in titles] == ["Targets", "Cohort", "Stage", "Stage", "Stage", "Stage", "Where", "Fig.",
-                                              "Fig.", "FROC", "Wall"]
-    assert "Table 2 analog" in titles[3] and "Table 3 analog" in titles[4] and "Fig. 4" in titles[7]
+    assert [t.split()[0] for t in titles] == ["Targets", "Cohort", "Stage", "Stage", "Stage", "Stage", "Stage", "Where",
+                                              "Fig.", "Fig.", "FROC", "Wall"]
+    assert "Table 2 analog" in titles[3] and "Table 3 analog" in titles[4] and "Fig. 4" in titles[8]
+    assert "ceiling" in titles[5]
     # the paper's numbers only in columns headed "paper (real data)": teacher 64.4, student 71.6, fine-tuned 75.5
     header = next(line for line in markdown.splitlines() if line.startswith("| Model | Test studies"))
     assert header.rstrip(" |").endswith("paper (real data) F1")
@@ -354,3 +366,14 @@ def test_target_met_on_the_intersection_rule_only_is_flagged(tmp_path):
     assert "2 more met on the paper's intersection rule only" in summary
     assert "student F1 >= teacher F1; fine-tuned beats random init" in summary
     assert "met on the rule only" in html
+
+
+def test_ceiling_table_puts_the_oracle_beside_this_runs_teacher():
+    results = _results()
+    table = ceiling_table(results["teacher"])
+    rows = {row[0]: row[1:] for row in table.rows}
+    assert rows["filtered, best iteration (2)"] == ["0.617", "0.800", "1.000", "0.857"]  # this run's best F1, then the oracle's
+    assert rows["size filter only"][0] == "n/a" and rows["distance filter only"][-1] == "0.986"
+    assert rows["unfiltered, iteration 1"][-1] == "0.909" and rows["filtered, strict (IoU > 0.5)"][-1] == "0.857"
+    results["teacher"]["ceiling"] = {"reason": "needs the true embolus masks of the synthetic cohort"}
+    assert all(row[2:] == ["not run"] * 3 for row in ceiling_table(results["teacher"]).rows)

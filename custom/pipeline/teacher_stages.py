@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from custom.pipeline.stages import Stage
+from custom.pipeline.stages import Stage, python_command
 
 if TYPE_CHECKING:
     from custom.pipeline.run import PipelineRun
@@ -72,7 +72,31 @@ def teacher_stages(run: PipelineRun) -> list[Stage]:
     stages.append(Stage("teacher_evaluate", [root / "eval" / "teacher_metrics.json"],
                         bundle_command("iexplain_teacher", configs + ["evaluate.json"], None, 1, **evaluation),
                         summary=lambda: _evaluate_summary(root / "eval" / "teacher_metrics.json")))
+    ceiling = run.profile.get("teacher_ceiling")
+    if run.synthetic and ceiling:
+        stages.append(_ceiling_stage(run, configs, {**classifier_settings(run), **t["overrides"]}, ceiling))
     return stages
+
+
+def _ceiling_stage(run: PipelineRun, configs: list[str], overrides: dict[str, Any], ceiling: Any) -> Stage:
+    """The teacher's ceiling (``scripts/teacher_ceiling.py``): the same teacher settings with an oracle classifier.
+
+    The profile key ``teacher_ceiling`` is ``true`` or ``{"high_thresholds": [...]}`` (the candidates).
+    """
+    from custom.pipeline.run import REPO, _cli_value
+
+    out = run.path("teacher", "eval", "ceiling.json")
+    args = ["--datalist", run.prepared / "datalist.json", "--masks_dir", run.cohort / "masks", "--out", out,
+            "--configs", _cli_value(configs), "--overrides", _cli_value(overrides)]
+    if isinstance(ceiling, dict) and ceiling.get("high_thresholds"):
+        args += ["--high_thresholds", _cli_value([float(h) for h in ceiling["high_thresholds"]])]
+
+    def summary() -> str:
+        result = json.loads(out.read_text())
+        return ("oracle classifier: test filtered F1 {:.3f} (iteration 1 {:.3f}), unfiltered {:.3f}".format(
+            *(result[k]["f1"] or 0.0 for k in ("best", "iteration1", "unfiltered"))))
+
+    return Stage("teacher_ceiling", [out], python_command(REPO / "scripts" / "teacher_ceiling.py", *args), summary=summary)
 
 
 def _infer_summary(output: Path) -> str:
@@ -139,7 +163,32 @@ def teacher_results(run: PipelineRun) -> dict[str, Any] | None:
         out["high_threshold"] = json.loads(calibration.read_text()).get("high_threshold")
     if "1" in runs:
         out["froc"] = runs["1"]["froc"]
+    out["ceiling"] = _ceiling(run)
     return out
+
+
+def _ceiling(run: PipelineRun) -> dict[str, Any]:
+    """The teacher's ceiling (oracle classifier) in the report's schema, or ``{"reason": ...}``."""
+    path = run.path("teacher", "eval", "ceiling.json")
+    if not path.exists():
+        if not run.synthetic:
+            return {"reason": "needs the true embolus masks of the synthetic cohort"}
+        return {"reason": "profile key teacher_ceiling is off" if not run.profile.get("teacher_ceiling") else f"{path} not found"}
+    result = json.loads(path.read_text())
+    test = result["test"]
+    return {
+        "high_threshold": result["high_threshold"],
+        "iteration1": _rates(result["iteration1"]),
+        "best": {"round": result["best"]["round"], **_rates(result["best"])},
+        "filtered": _rates(result["filtered"]),
+        "unfiltered": _rates(result["unfiltered"]),
+        "unfiltered_iteration1": _rates(test["per_round"][0]["unfiltered"]),
+        "size_filter_only": _rates(result["size_filter_only"]),
+        "distance_filter_only": _rates(result["distance_filter_only"]),
+        "strict": _rates(result["strict"]),
+        "rounds_histogram": test["rounds_histogram"],
+        "n_studies": test["n_studies"],
+    }
 
 
 def overlay_assets(run: PipelineRun, n_studies: int = 3) -> str | None:

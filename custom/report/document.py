@@ -30,10 +30,12 @@ from custom.report.tables import (
     MODELS,
     PAPER_COLUMN,
     Table,
+    ceiling_table,
     classifier_table,
     cohort_table,
     detection_sites_tables,
     filtering_table,
+    format_count,
     format_rate,
     format_value,
     localization_table,
@@ -191,7 +193,17 @@ def _teacher(results: Mapping[str, Any]) -> list[Section]:
     if settings is not None:
         table2.blocks.append(settings)
     table3.blocks.append(filtering_table(teacher))
-    return [table2, table3]
+    ceiling = Section("Stage 2: the teacher's ceiling with an oracle classifier")
+    oracle = section(teacher, "ceiling", "teacher")
+    if isinstance(oracle, NotRun):
+        ceiling.blocks.append(_not_run(oracle))
+    else:
+        ceiling.blocks.append(ceiling_table(teacher))
+        ceiling.blocks.append(Paragraph(
+            f"Oracle: hysteresis high threshold {format_value(number(oracle, 'high_threshold', 'teacher.ceiling'))} "
+            f"(chosen on the validation split), windows by Algorithm 1 rounds used: "
+            f"{oracle.get('rounds_histogram')}, {format_count(number(oracle, 'n_studies', 'teacher.ceiling'))} test studies."))
+    return [table2, table3, ceiling]
 
 
 def _students(results: Mapping[str, Any]) -> Section:

@@ -21,6 +21,7 @@ __all__ = [
     "PAPER",
     "PAPER_COLUMN",
     "Table",
+    "ceiling_table",
     "classifier_table",
     "cohort_table",
     "detection_sites_tables",
@@ -341,6 +342,41 @@ def filtering_table(teacher: Mapping[str, Any] | NotRun) -> Table:
     return Table("Table 3 analog: cluster filtering", columns, rows, row_classes=classes,
                  caption="The teacher runs at a high-sensitivity operating point; removing small clusters and "
                          "clusters far from the image centre trades a little sensitivity for PPV.")
+
+
+def ceiling_table(teacher: Mapping[str, Any]) -> Table:
+    """The teacher's ceiling: this run's teacher beside the same teacher with an oracle classifier.
+
+    Args:
+        teacher: ``results["teacher"]`` with its ``ceiling`` section (``custom.teacher.oracle``).
+
+    Returns:
+        One row per mask (iterations, filters, strict matching), sensitivity / PPV / F1 of both.
+    """
+    ceiling = section(teacher, "ceiling", "teacher")
+    run = _runs(teacher)["1"]
+    w = "teacher.ceiling"
+    rows = []
+    for key, real_key, label in (
+        ("unfiltered_iteration1", None, "unfiltered, iteration 1"),
+        ("unfiltered", "unfiltered", "unfiltered, best iteration"),
+        ("size_filter_only", None, "size filter only"),
+        ("distance_filter_only", None, "distance filter only"),
+        ("iteration1", "iteration1", "filtered, iteration 1"),
+        ("best", "best", "filtered, best iteration"),
+        ("strict", "strict", "filtered, strict (IoU > 0.5)"),
+    ):
+        oracle = ceiling if isinstance(ceiling, NotRun) else section(ceiling, key, w)
+        real = run if isinstance(run, NotRun) or real_key is None else section(run, real_key, "teacher.runs.1")
+        name = label
+        if key == "best" and not isinstance(oracle, NotRun):
+            name = f"{label} ({format_count(number(oracle, 'round', f'{w}.best'))})"
+        rows.append([name, format_rate(None) if real_key is None else _rates(real, "teacher.runs.1")[2], *_rates(oracle, f"{w}.{key}")])
+    columns = ["Masks (test split)", "F1, this run's classifier", "Sensitivity, oracle", "PPV, oracle", "F1, oracle"]
+    return Table("The teacher's ceiling: an oracle classifier", columns, rows,
+                 caption="The same teacher (IG, hysteresis, Algorithm 1, slice vote, filters) with its classifier swapped "
+                         "for an oracle that attends exactly to the true emboli (custom.teacher.oracle): the most its own "
+                         "steps allow on this cohort. Synthetic cohorts only.")
 
 
 def _model_rows(

@@ -9,6 +9,7 @@ Modules, one concept each:
 - ``cohort``: ``run_cohort``, resumable and sharded under ``torchrun``.
 - ``calibration``: the hysteresis high threshold, calibrated on the validation split.
 - ``evaluation``: per-round metrics, rounds histogram, Tables 2-3 and FROC.
+- ``oracle``: the teacher's ceiling with an oracle classifier (synthetic cohorts, true masks).
 """
 
 from custom.teacher.calibration import attribution_scale, calibrate_high_threshold, choose_candidate, read_high_threshold
@@ -16,13 +17,16 @@ from custom.teacher.classifier import load_classifier, read_classifier_threshold
 from custom.teacher.cohort import STATUS_DONE, STATUS_FAILED, STATUS_SKIPPED, run_cohort
 from custom.teacher.evaluation import evaluate_outputs, evaluate_teacher, masks_after_rounds
 from custom.teacher.factory import IG_SETTING_KEYS, TeacherFactory
+from custom.teacher.oracle import EmbolusOracle, OracleStudy, load_oracle_studies, teacher_ceiling
 from custom.teacher.outputs import CLUSTERS, HEATMAPS, PSEUDO, PSEUDO_UNFILTERED, ROUND_MAPS, TeacherOutputs, json_ready
 from custom.teacher.studies import load_studies, read_reference_mask, read_windowed_image, study_uid
 
 __all__ = [
     "CLUSTERS",
+    "EmbolusOracle",
     "HEATMAPS",
     "IG_SETTING_KEYS",
+    "OracleStudy",
     "PSEUDO",
     "PSEUDO_UNFILTERED",
     "ROUND_MAPS",
@@ -38,6 +42,7 @@ __all__ = [
     "evaluate_teacher",
     "json_ready",
     "load_classifier",
+    "load_oracle_studies",
     "load_studies",
     "masks_after_rounds",
     "read_classifier_threshold",
@@ -46,4 +51,5 @@ __all__ = [
     "read_windowed_image",
     "run_cohort",
     "study_uid",
+    "teacher_ceiling",
 ]

@@ -1,26 +1,14 @@
-"""The teacher-ceiling benchmark's oracle classifier (issue 5): it finds the window it is shown, attends to the
-emboli of the window's centre slice only, hands the decision to the next embolus when one is masked, and
-through the real teacher its clusters are the emboli."""
-import importlib.util
-from pathlib import Path
-
+"""custom.teacher.oracle (issue 5): the oracle classifier finds the window it is shown, attends to the emboli of
+the window's centre slice only and hands the decision to the next embolus when one is masked; through the real
+teacher its clusters are the emboli; the ceiling chooses its high threshold on validation and reports test."""
 import numpy as np
 import pytest
 import torch
 
 from custom.explain import window_slice_indices
+from custom.io.errors import InputError
 from custom.metrics import match_clusters
-from custom.teacher import TeacherFactory
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("teacher_oracle_bound", REPO / "benchmarks" / "teacher_oracle_bound.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from custom.teacher import EmbolusOracle, OracleStudy, TeacherFactory, teacher_ceiling
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +25,9 @@ def study():
     return volume, labels, windows
 
 
-def test_oracle_finds_the_window_under_scaling_and_masking(bench, study):
+def test_oracle_finds_the_window_under_scaling_and_masking(study):
     volume, labels, windows = study
-    oracle = bench.EmbolusOracle(bias=1.0)
+    oracle = EmbolusOracle(bias=1.0)
     oracle.set_study(volume, labels)
     for alpha in (0.2, 1.0):
         assert oracle.window_of(alpha * windows).tolist() == list(range(12))
@@ -48,9 +36,9 @@ def test_oracle_finds_the_window_under_scaling_and_masking(bench, study):
     assert oracle.window_of(masked).tolist() == list(range(12))
 
 
-def test_oracle_logit_is_the_strongest_centre_embolus_and_masking_hands_over(bench, study):
+def test_oracle_logit_is_the_strongest_centre_embolus_and_masking_hands_over(study):
     volume, labels, windows = study
-    oracle = bench.EmbolusOracle(bias=1.0)
+    oracle = EmbolusOracle(bias=1.0)
     oracle.set_study(volume, labels)
     logits = oracle(windows).squeeze(1)
     # slice 5 shows both emboli: embolus 1 has 18 voxels x 0.4 = 7.2 in the window, embolus 2 has 8 x 0.4 = 3.2
@@ -67,9 +55,9 @@ def test_oracle_logit_is_the_strongest_centre_embolus_and_masking_hands_over(ben
     assert oracle(masked).item() == pytest.approx(-1.0)
 
 
-def test_teacher_with_the_oracle_recovers_both_emboli_in_two_rounds(bench, study):
+def test_teacher_with_the_oracle_recovers_both_emboli_in_two_rounds(study):
     volume, labels, _ = study
-    oracle = bench.EmbolusOracle(bias=1.0)
+    oracle = EmbolusOracle(bias=1.0)
     oracle.set_study(volume, labels)
     factory = TeacherFactory(
         oracle, 0.05, neighbourhood=(3, 3, 3), min_voxels=1, min_cluster_voxels=1, max_center_distance_px=100.0,
@@ -82,3 +70,31 @@ def test_teacher_with_the_oracle_recovers_both_emboli_in_two_rounds(bench, study
     counts = match_clusters(explanation.mask_filtered, (labels > 0).astype(np.uint8))
     assert (counts.tp, counts.fp, counts.fn) == (2, 0, 0)
     assert not explanation.mask_filtered[labels == 0].any()  # attributions are zero off the emboli
+
+
+SMALL = dict(
+    neighbourhood=(3, 3, 3), min_voxels=1, min_cluster_voxels=10, max_center_distance_px=100.0, scale_to_grid=False,
+    n_steps=4, references=["fill"], n_noise=0, max_batch=8, windows_per_batch=1, mask_threshold=0.5,
+)
+
+
+def test_ceiling_reports_rounds_and_filters_on_the_test_split(study):
+    volume, labels, _ = study
+    reference = (labels > 0).astype(np.uint8)
+    studies = [OracleStudy("s", volume, reference, labels)]
+    result = teacher_ceiling(studies, studies, high_thresholds=[0.05, 0.3], **SMALL)
+    test = result["test"]
+    assert [c["high_threshold"] for c in result["validation"]] == [0.05, 0.3] and result["high_threshold"] in (0.05, 0.3)
+    # embolus 2 (8 voxels) is found in round 2 of window 5 and round 1 of window 6; the 10-voxel size filter removes it
+    # after round 1 only window 6 has embolus 2, a vote of 1 / 2.005 on slice 6: below 0.5; round 2 of window 5 adds it
+    assert result["best"]["round"] == 1 and (result["unfiltered"]["tp"], result["unfiltered"]["fp"]) == (1, 0)
+    assert (test["per_round"][1]["unfiltered"]["tp"], test["per_round"][-1]["unfiltered"]["fp"]) == (2, 0)
+    assert (result["filtered"]["tp"], result["filtered"]["fn"]) == (1, 1)
+    assert result["size_filter_only"]["tp"] == 1 and result["distance_filter_only"]["tp"] == 1  # at the best round, 1
+    assert test["per_round"][-1]["distance_filter_only"]["tp"] == 2 and test["per_round"][-1]["size_filter_only"]["tp"] == 1
+    assert test["rounds_histogram"][:2] == [2, 1]  # windows 4 and 6 in one round, window 5 in two
+    assert result["best"]["round"] == 1 and len(test["per_round"]) == 10
+    with pytest.raises(InputError, match="validation and test studies"):
+        teacher_ceiling([], studies, **SMALL)
+    with pytest.raises(ValueError, match="positive"):
+        teacher_ceiling(studies, studies, high_thresholds=[0.0], **SMALL)
