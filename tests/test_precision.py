@@ -184,37 +184,46 @@ def test_auto_inferer_passes_rank_agreement_to_the_probe_and_a_follower_adopts_t
         AutocastInferer(SimpleInferer(), "auto", follow=SimpleInferer())
 
 
-def _rank_probe_worker(rank: int, init_file: str, results: dict) -> None:
+def _gloo_rank(rank: int, body, init_file: str, results: dict) -> None:
+    """One of two forked CPU (gloo) ranks whose autocast probes disagree: rank 0 "measures" float32, rank 1 bfloat16."""
     import torch.distributed as dist
 
     import custom.precision as precision
 
     torch.set_num_threads(1)
-    # each rank "measures" a different winner, as two ranks sharing a CPU's cores can
     precision.fastest_autocast_dtype = lambda step, device, **kw: (
-        (None, torch.bfloat16)[rank], {"float32": 1.0, "bfloat16": (0.5, 2.0)[rank]}
+        (None, torch.bfloat16)[rank], {"float32": 1.0, "bfloat16": (2.0, 0.5)[rank]}
     )
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        net = _DtypeRecorder()
-        training = AutocastInferer(SimpleInferer(), "auto", backward=True, agree_across_ranks=True)
-        validation = AutocastInferer(SimpleInferer(), "auto", follow=training)
-        independent = AutocastInferer(SimpleInferer(), "auto")
-        for inferer in (training, validation, independent):
-            inferer(torch.randn(1, 1, 8, 8, 4), net)
-        results[rank] = (training.dtype, validation.dtype, independent.dtype)
+        results[rank] = body(rank)
     finally:
         dist.destroy_process_group()
 
 
-def test_ranks_agree_on_rank_zeros_measurement_under_gloo(tmp_path):
-    """Two CPU ranks whose probes disagree: training and its follower use rank 0's choice; an unagreed inferer does not."""
+def _on_two_gloo_ranks(body, tmp_path) -> dict:
+    """``{rank: body(rank)}`` of two forked gloo ranks (~1 s, not a torchrun's ~30 s)."""
     import torch.multiprocessing as mp
 
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.start_processes(_rank_probe_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True, start_method="fork")
-        results = dict(results)
+        mp.start_processes(_gloo_rank, args=(body, str(tmp_path / "init"), results), nprocs=2, join=True, start_method="fork")
+        return dict(results)
+
+
+def _inferer_dtypes(rank: int) -> tuple:
+    net = _DtypeRecorder()
+    training = AutocastInferer(SimpleInferer(), "auto", backward=True, agree_across_ranks=True)
+    validation = AutocastInferer(SimpleInferer(), "auto", follow=training)
+    independent = AutocastInferer(SimpleInferer(), "auto")
+    for inferer in (training, validation, independent):
+        inferer(torch.randn(1, 1, 8, 8, 4), net)
+    return training.dtype, validation.dtype, independent.dtype
+
+
+def test_ranks_agree_on_rank_zeros_measurement_under_gloo(tmp_path):
+    """Two CPU ranks whose probes disagree: training and its follower use rank 0's choice; an unagreed inferer does not."""
+    results = _on_two_gloo_ranks(_inferer_dtypes, tmp_path)
     assert results[0] == (None, None, None)  # rank 0 measured float32 (None)
     assert results[1] == (None, None, torch.bfloat16)
 
@@ -303,38 +312,22 @@ class _RankLayoutSleeper(torch.nn.Module):
         return self.conv(x).amax(dim=(1, 2, 3)).reshape(-1, 1)
 
 
-def _teacher_rank_worker(rank: int, init_file: str, results: dict) -> None:
-    import torch.distributed as dist
-
-    import custom.precision as precision
+def _teacher_precision(rank: int) -> tuple:
     from custom.teacher import TeacherFactory
 
-    torch.set_num_threads(1)
-    precision.fastest_autocast_dtype = lambda step, device, **kw: (
-        (None, torch.bfloat16)[rank], {"float32": 1.0, "bfloat16": (2.0, 0.5)[rank]}
+    factory = TeacherFactory(
+        _RankLayoutSleeper(rank), 1.0, scale_to_grid=False, autocast_dtype="auto", channels_last="auto",
+        max_batch=2, fold_batchnorm=False,
     )
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        factory = TeacherFactory(
-            _RankLayoutSleeper(rank), 1.0, scale_to_grid=False, autocast_dtype="auto", channels_last="auto",
-            max_batch=2, fold_batchnorm=False,
-        )
-        factory.agree_precision(16, 16)
-        factory.agree_precision(16, 16)  # measured already: no second collective (rank 1 would otherwise hang alone)
-        teacher = factory(16, 16)
-        results[rank] = (teacher.autocast_dtype, teacher.channels_last)
-    finally:
-        dist.destroy_process_group()
+    factory.agree_precision(16, 16)
+    factory.agree_precision(16, 16)  # measured already: no second collective (rank 1 would otherwise hang alone)
+    teacher = factory(16, 16)
+    return teacher.autocast_dtype, teacher.channels_last
 
 
 def test_teacher_ranks_take_rank_zeros_precision_under_gloo(tmp_path):
     """Rank 0 measures float32 and channels-last, rank 1 bfloat16 and contiguous; both ranks explain with rank 0's."""
-    import torch.multiprocessing as mp
-
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.start_processes(_teacher_rank_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True, start_method="fork")
-        results = dict(results)
+    results = _on_two_gloo_ranks(_teacher_precision, tmp_path)
     assert results[0] == results[1] == (None, True)
 
 
