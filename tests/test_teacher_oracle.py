@@ -98,3 +98,17 @@ def test_ceiling_reports_rounds_and_filters_on_the_test_split(study):
         teacher_ceiling([], studies, **SMALL)
     with pytest.raises(ValueError, match="positive"):
         teacher_ceiling(studies, studies, high_thresholds=[0.0], **SMALL)
+
+
+def test_pointing_game_scores_the_oracle_one(study):
+    """The project's pointing game hits on every positive slice when the classifier is the oracle (a check of the
+    game's code: the pipeline's 0.00 is the trained classifier's)."""
+    from custom.explain import IntegratedGradientsExplainer
+    from custom.explain.pointing_game import pointing_game
+
+    volume, labels, _ = study
+    oracle = EmbolusOracle(bias=1.0)
+    oracle.set_study(volume, labels)
+    explainer = IntegratedGradientsExplainer(oracle, n_steps=4, references=["fill"], n_noise=0, max_batch=8, fold_batchnorm=False)
+    result = pointing_game(explainer, [(volume, labels)], tolerance_px=0.0)
+    assert (result.hits, result.total) == (3, 3) and result.distances_px == [0.0, 0.0, 0.0]
