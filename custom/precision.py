@@ -32,6 +32,7 @@ from monai.inferers import Inferer
 __all__ = [
     "AutocastInferer",
     "as_autocast_dtype",
+    "dtype_name",
     "fastest_autocast_dtype",
     "is_auto",
     "resolve_autocast_dtype",
@@ -76,7 +77,8 @@ def as_autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     return _NAMES[key]
 
 
-def _name(dtype: torch.dtype | None) -> str:
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """``None`` (no autocast) -> ``"float32"``; ``torch.bfloat16`` -> ``"bfloat16"`` (the names :func:`as_autocast_dtype` reads)."""
     return "float32" if dtype is None else str(dtype).replace("torch.", "")
 
 
@@ -126,15 +128,15 @@ def fastest_autocast_dtype(
 
     for dtype in candidates:
         call(dtype)
-    best = {_name(dtype): float("inf") for dtype in candidates}
+    best = {dtype_name(dtype): float("inf") for dtype in candidates}
     for _ in range(repeats):
         for dtype in candidates:
-            best[_name(dtype)] = min(best[_name(dtype)], call(dtype))
+            best[dtype_name(dtype)] = min(best[dtype_name(dtype)], call(dtype))
     fp32 = best["float32"]
     chosen = None
     for dtype in candidates[1:]:
-        seconds = best[_name(dtype)]
-        if fp32 >= min_speedup * seconds and (chosen is None or seconds < best[_name(chosen)]):
+        seconds = best[dtype_name(dtype)]
+        if fp32 >= min_speedup * seconds and (chosen is None or seconds < best[dtype_name(chosen)]):
             chosen = dtype
     return chosen, best
 
@@ -189,7 +191,7 @@ def resolve_autocast_dtype(
 
     chosen, seconds = fastest_autocast_dtype(step, device, repeats=repeats, min_speedup=min_speedup)
     if agree_across_ranks and dist.is_available() and dist.is_initialized():
-        decision = [_name(chosen)]
+        decision = [dtype_name(chosen)]
         dist.broadcast_object_list(decision, src=0)
         chosen = as_autocast_dtype(decision[0])
     fp32 = seconds["float32"]
@@ -199,7 +201,7 @@ def resolve_autocast_dtype(
         "forward+backward" if backward else "forward",
         list(input_shape),
         ", ".join(f"{name} {value * 1000:.0f} ms ({fp32 / value:.2f}x)" for name, value in seconds.items()),
-        _name(chosen),
+        dtype_name(chosen),
     )
     return chosen
 
@@ -283,7 +285,7 @@ def resolve_channels_last(
         chosen = bool(decision[0])
     logger.info(
         "memory-format probe on %s (%s, %s, input %s): contiguous %.0f ms, channels_last %.0f ms (%.2fx) -> %s",
-        device, _name(autocast_dtype), "forward+input gradient" if backward else "forward", list(input_shape),
+        device, dtype_name(autocast_dtype), "forward+input gradient" if backward else "forward", list(input_shape),
         best["contiguous"] * 1000, best["channels_last"] * 1000, best["contiguous"] / best["channels_last"],
         "channels_last" if chosen else "contiguous",
     )
@@ -385,7 +387,7 @@ class AutocastInferer(Inferer):
             if self.pending:
                 if self.follow is not None and not self.follow.pending:
                     self.dtype = self.follow.dtype
-                    logger.info("autocast dtype %s, as measured by the inferer it follows", _name(self.dtype))
+                    logger.info("autocast dtype %s, as measured by the inferer it follows", dtype_name(self.dtype))
                 else:
                     self.dtype = resolve_autocast_dtype(
                         "auto", network, inputs.shape, inputs.device,

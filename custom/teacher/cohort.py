@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from custom.io.atomic import write_json_atomic
 from custom.io.errors import InputError
+from custom.precision import dtype_name
 from custom.teacher.factory import TeacherFactory
 from custom.teacher.outputs import CLUSTERS, TeacherOutputs, json_ready
 from custom.teacher.studies import read_windowed_image, study_uid
@@ -88,7 +89,7 @@ def _explain_one(
         "window": [float(w) for w in window],
         "seconds": round(seconds, 3),
         # what the "auto" settings resolved to for this study's grid (under torchrun: rank 0's choice)
-        "autocast_dtype": str(teacher.autocast_dtype).replace("torch.", "") if teacher.autocast_dtype else "float32",
+        "autocast_dtype": dtype_name(teacher.autocast_dtype),
         "channels_last": bool(teacher.channels_last),
     }
     outputs.write(uid, explanation, affine, record)

@@ -38,6 +38,7 @@ from torch import nn
 
 from custom.explain.aggregation import window_slice_indices
 from custom.explain.filtering import filter_clusters
+from custom.explain.teacher import WINDOW_DEPTH
 from custom.io.errors import InputError
 from custom.io.nifti import read_volume
 from custom.metrics.cluster_matching import ClusterCounts, match_clusters
@@ -47,7 +48,6 @@ from custom.teacher.studies import load_studies, read_reference_mask, read_windo
 
 __all__ = ["DEFAULT_HIGH_THRESHOLDS", "EmbolusOracle", "OracleStudy", "load_oracle_studies", "teacher_ceiling"]
 
-DEPTH = 7
 #: candidate high thresholds, in attribution units (windowed CT values of embolus voxels: about 0.1-0.45)
 DEFAULT_HIGH_THRESHOLDS = (0.05, 0.1, 0.2)
 
@@ -74,11 +74,11 @@ class EmbolusOracle(nn.Module):
         """
         if volume.shape != labels.shape:
             raise ValueError(f"volume {volume.shape} and embolus labels {labels.shape} differ")
-        indices = window_slice_indices(volume.shape[0], DEPTH)
+        indices = window_slice_indices(volume.shape[0], WINDOW_DEPTH)
         windows = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[indices].flatten(1)
         self._unit_windows = windows / windows.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self._labels = torch.from_numpy(labels.astype(np.int64))[indices]  # (Z, 7, Y, X)
-        centre = self._labels[:, DEPTH // 2]
+        centre = self._labels[:, WINDOW_DEPTH // 2]
         self._centre_emboli = [[int(v) for v in torch.unique(c) if v > 0] for c in centre]
 
     def window_of(self, inputs: torch.Tensor) -> torch.Tensor:
