@@ -100,6 +100,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     report = (work / "report.md").read_text()
     html = (work / "report.html").read_text()
     assert "The teacher's ceiling: an oracle classifier" in report and f"{ceiling['filtered']['f1']:.3f}" in report
+    teacher_target = next(t for t in results["targets"] if t["name"] == "teacher filtered F1")
+    assert teacher_target["note"] == f"the same teacher with an oracle classifier: {ceiling['filtered']['f1']:.3f}"
     # numbers of this run appear in the report
     auc = results["classifier"]["slice_auc"]
     assert auc is not None and f"{auc:.3f}" in report and f"{auc:.3f}" in html

@@ -112,3 +112,18 @@ def test_pointing_game_scores_the_oracle_one(study):
     explainer = IntegratedGradientsExplainer(oracle, n_steps=4, references=["fill"], n_noise=0, max_batch=8, fold_batchnorm=False)
     result = pointing_game(explainer, [(volume, labels)], tolerance_px=0.0)
     assert (result.hits, result.total) == (3, 3) and result.distances_px == [0.0, 0.0, 0.0]
+
+
+def test_pipeline_reads_an_unreadable_ceiling_as_not_run(tmp_path):
+    import json
+
+    from custom.pipeline.run import PipelineRun
+    from custom.pipeline.teacher_stages import _ceiling
+
+    run = PipelineRun(tmp_path / "w", "tiny")
+    assert _ceiling(run) == {"reason": f"{run.path('teacher', 'eval', 'ceiling.json')} not found"}
+    path = run.path("teacher", "eval", "ceiling.json")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"high_threshold": 0.1, "test": {}}))  # an older or broken layout
+    reason = _ceiling(run)["reason"]
+    assert str(path) in reason and "KeyError" in reason and "delete it" in reason

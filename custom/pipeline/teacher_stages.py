@@ -174,7 +174,14 @@ def _ceiling(run: PipelineRun) -> dict[str, Any]:
         if not run.synthetic:
             return {"reason": "needs the true embolus masks of the synthetic cohort"}
         return {"reason": "profile key teacher_ceiling is off" if not run.profile.get("teacher_ceiling") else f"{path} not found"}
-    result = json.loads(path.read_text())
+    try:
+        result = json.loads(path.read_text())
+        return _ceiling_section(result)
+    except (OSError, KeyError, TypeError, ValueError) as error:  # e.g. a file of an older layout
+        return {"reason": f"{path}: cannot read it ({type(error).__name__}: {error}); delete it to compute it again"}
+
+
+def _ceiling_section(result: dict[str, Any]) -> dict[str, Any]:
     test = result["test"]
     return {
         "high_threshold": result["high_threshold"],
