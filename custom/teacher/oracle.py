@@ -77,7 +77,7 @@ class EmbolusOracle(nn.Module):
         indices = window_slice_indices(volume.shape[0], WINDOW_DEPTH)
         windows = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[indices].flatten(1)
         self._unit_windows = windows / windows.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        self._labels = torch.from_numpy(labels.astype(np.int64))[indices]  # (Z, 7, Y, X)
+        self._labels = torch.from_numpy(labels.astype(np.int16, copy=False))[indices]  # (Z, 7, Y, X), small
         centre = self._labels[:, WINDOW_DEPTH // 2]
         self._centre_emboli = [[int(v) for v in torch.unique(c) if v > 0] for c in centre]
 
@@ -143,7 +143,7 @@ def load_oracle_studies(
         expected = [z for z, label in enumerate(entry.get("slice_labels", [])) if label]
         if entry.get("slice_labels") is not None and positive != expected:
             raise InputError(f"{path}: embolus slices {positive} are not the study's positive slices {expected}")
-        studies.append(OracleStudy(uid, volume, read_reference_mask(entry, volume.shape), labels.astype(np.int64)))
+        studies.append(OracleStudy(uid, volume, read_reference_mask(entry, volume.shape), labels))  # kept in the file's dtype
     return studies
 
 
