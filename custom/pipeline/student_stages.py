@@ -95,7 +95,7 @@ def student_stages(run: PipelineRun) -> list[Stage]:
                                ckpt_dir=str(ckpt_dir), output_dir=str(root / f"val_{output}"), default_threshold=DEFAULT_THRESHOLD),
                 summary=lambda path=calibration: _calibration_summary(path)))
         stages += [
-            # studies sharded over ranks of one thread each: on 2 shared cores this beat one 2-thread process
+            # sharded over ranks (multi_gpu_inference.json) when the profile sets nproc_per_node > 1
             Stage(f"{name}_infer", [output_dir], bundle_command("dynunet_student", infer_configs + infer_multi, None, run.nproc, **common, **infer_sizes, datalist_key="test",
                                                                 ckpt_dir=str(ckpt_dir), output_dir=str(output_dir))),
             Stage(f"{name}_score", [metrics],
