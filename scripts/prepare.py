@@ -4,9 +4,20 @@ Usage:
     python scripts/prepare.py --rspect_dir D --out_dir O [--boxes_csv F] [--labels_csv F]
         [--split '[0.6,0.2,0.2]'] [--seed 0] [--workers 2] [--box_columns '{"x": "X"}' | mapping.json]
 
-Resumable (finished studies are skipped), parallel over processes; a failing study is listed at
-the end and makes the exit status 1, after every other study was prepared. A cohort-level problem
-(no study folders, a CSV without a required column) exits with status 2 before any study.
+Resumable (finished studies are skipped; a study whose CSV rows or files -- paths, sizes,
+modification times -- changed is redone), parallel over processes. CSV rows are matched to a study
+folder by the StudyInstanceUID of its DICOM files (the folder name only as a fallback).
+
+Exit status:
+    0  every study was prepared.
+    1  some studies failed (bad DICOM, bad label rows, boxes on another series or SOP, ...): each
+       is listed at the end, after every other study was prepared.
+    2  a cohort-level problem, before any study: no study folders; a CSV missing or without a
+       required column; a bad box CSV row (non-numeric, partly empty, non-finite or non-positive
+       box, empty StudyInstanceUID/SOPInstanceUID) -- one bad box row stops the whole cohort,
+       whereas a bad label row fails only its study; a label CSV that labels none of the studies
+       (e.g. a header only); an invalid --split, --seed (integer >= 0) or --workers (integer
+       >= 1). Also after the studies when a label CSV is used but the training split is empty.
 """
 
 from __future__ import annotations
@@ -30,11 +41,17 @@ def main(
     workers: int = 2,
     box_columns: dict | str | None = None,
 ) -> None:
-    """Run :func:`custom.io.prepare.prepare_cohort` and report; exit 1 when any study failed."""
+    """Run :func:`custom.io.prepare.prepare_cohort` and report; exit 1 when any study failed, 2 for a cohort problem.
+
+    Cohort-level problems (exit 2, before any study is prepared): no study folders; a CSV missing or without a
+    required column; a bad box CSV row (one bad box row stops the whole cohort, a bad label row
+    fails only its study); a label CSV that labels none of the studies; an invalid split, seed
+    (integer >= 0) or workers (integer >= 1); after the studies, an empty training split.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         report = prepare_cohort(rspect_dir, out_dir, boxes_csv, labels_csv, split, seed, workers, box_columns)
-    except InputError as err:  # the cohort as a whole is unusable (no studies, a CSV without its columns)
+    except InputError as err:  # the cohort as a whole is unusable (see the docstring): exit 2
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     for note in report.notes:

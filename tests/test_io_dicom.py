@@ -500,3 +500,78 @@ def test_native_fast_path_equals_pydicom_decoder(tmp_path, syntax, signed, bits_
     np.testing.assert_array_equal(ours, theirs)
     if signed and bits_stored < 16:
         assert ours.min() < 0  # the sign bit of the stored value was extended
+
+
+# ---- geometry and pixel-data length checked per file ---------------------------------------------
+
+
+def _first_file(info: dict) -> Path:
+    return min(info["files"])  # the reader reports a series-wide problem on its first file (sorted by path)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "problem"),
+    [
+        ((1, 0, 0, 1, 0, 0), r"not orthogonal: dot product 1 \(parallel: no slice normal\)"),
+        ((0, 0, 0, 0, 0, 0), r"must be unit vectors, their lengths are 0 and 0"),
+        ((1, 0, 0, 0, 2, 0), r"must be unit vectors, their lengths are 1 and 2"),
+        ((1, 0, 0, 0.5, 0.866025, 0), r"not orthogonal: dot product 0\.5"),
+    ],
+)
+def test_degenerate_image_orientation_names_the_file_and_tag(tmp_path, orientation, problem):
+    info = write_ct_series(tmp_path / "s", hu_volume(4), orientation=orientation)
+    with pytest.raises(InputError, match=rf"{_first_file(info).name}: invalid ImageOrientationPatient .*{problem}"):
+        read_ct_series(tmp_path / "s")
+
+
+def test_degenerate_orientation_of_one_file_names_that_file(tmp_path):
+    info = write_ct_series(tmp_path / "s", hu_volume(4))
+    bad = max(info["files"])
+    ds = pydicom.dcmread(bad)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0.9, 0]  # within no tolerance of a unit vector
+    ds.save_as(bad)
+    with pytest.raises(InputError, match=rf"{bad.name}: invalid ImageOrientationPatient .*lengths are 1 and 0\.9"):
+        read_ct_series(tmp_path / "s")
+
+
+@pytest.mark.parametrize("spacing", [(0, 0), (-0.7, -0.7), (0.7, 0)])
+def test_pixel_spacing_not_positive_names_the_file_and_tag(tmp_path, spacing):
+    info = write_ct_series(tmp_path / "s", hu_volume(4), pixel_spacing=spacing)
+    with pytest.raises(InputError, match=rf"{_first_file(info).name}: invalid PixelSpacing .*finite and > 0"):
+        read_ct_series(tmp_path / "s")  # negative spacing used to mirror the affine silently
+
+
+@pytest.mark.parametrize("thickness", [0.0, -2.0])
+def test_single_slice_step_must_be_positive(tmp_path, thickness):
+    info = write_ct_series(tmp_path / "s", hu_volume(1), slice_thickness=thickness)
+    with pytest.raises(InputError, match=rf"{info['files'][0].name}: invalid SliceThickness .*finite and > 0"):
+        read_ct_series(tmp_path / "s")
+    write_ct_series(tmp_path / "ok", hu_volume(1), slice_thickness=2.5)
+    series = read_ct_series(tmp_path / "ok")
+    assert series.spacing_zyx[0] == pytest.approx(2.5) and "slice step 2.5 mm" in series.notes[0]
+
+
+def test_pixel_data_longer_than_rows_times_columns_is_rejected(tmp_path):
+    info = write_ct_series(tmp_path / "s", hu_volume(4))
+    bad = info["files"][2]
+    ds = pydicom.dcmread(bad)
+    ds.PixelData = ds.PixelData * 2  # Rows/Columns unchanged: the first half used to be read silently
+    ds.save_as(bad)
+    expected = 32 * 40 * 2
+    with pytest.raises(
+        InputError, match=rf"{bad.name}: Pixel Data has {2 * expected} bytes, {expected} expected .*extra data"
+    ):
+        read_ct_series(tmp_path / "s")
+
+
+def test_native_length_allows_only_the_odd_length_padding_byte():
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, 3, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(range(9)) + b"\0"  # 9 bytes expected, padded to even length
+    np.testing.assert_array_equal(decode_pixels(ds, "odd.dcm"), np.arange(9).reshape(3, 3))
+    ds.PixelData = bytes(range(12))
+    with pytest.raises(InputError, match=r"odd\.dcm: Pixel Data has 12 bytes, 9 expected"):
+        decode_pixels(ds, "odd.dcm")

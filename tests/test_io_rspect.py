@@ -169,3 +169,16 @@ def test_box_csv_bad_values(tmp_path):
                 tmp_path / "boxes.csv", header, [["st", "se", "s1", "", 1, 1, 2, 2], ["st", "se", "s1", "", 1, 1, 0, 2]]
             )
         )
+
+
+def test_box_mask_rejects_a_box_on_another_series():
+    boxes = [Box("st", "se", "s1", None, 0, 0, 2, 2, line=4), Box("st", "other", "s1", None, 1, 1, 2, 2, line=5)]
+    with pytest.raises(
+        InputError,
+        match=r"boxes.csv:5: study st: box on SOPInstanceUID s1 of series other, but the prepared series is se",
+    ):
+        box_mask(["s1"], (4, 4), boxes, "boxes.csv", series_uid="se")
+    mask, _ = box_mask(["s1"], (4, 4), boxes[:1], "boxes.csv", series_uid="se")
+    assert mask.sum() == 4
+    no_series_column = Box("st", None, "s1", None, 0, 0, 2, 2, line=6)  # nothing to check against
+    assert box_mask(["s1"], (4, 4), [no_series_column], "boxes.csv", series_uid="se")[0].sum() == 4

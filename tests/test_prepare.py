@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from dicom_factory import hu_volume, write_ct_series
 from pydicom.uid import (
@@ -24,7 +26,8 @@ from pydicom.uid import (
 
 from custom.io.errors import InputError
 from custom.io.nifti import read_volume
-from custom.io.prepare import build_datalist, prepare_cohort
+from custom.io.prepare import build_datalist, prepare_cohort, prepare_study
+from custom.io.rspect import Box, StudyLabels
 
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE_COLUMNS = [
@@ -214,8 +217,6 @@ def _bad_cohort(root: Path) -> tuple[Cohort, dict[str, str]]:
 
 
 def test_bad_studies_fail_alone_and_the_cli_exits_nonzero(tmp_path):
-    import re
-
     cohort, expected = _bad_cohort(tmp_path / "C")
     _, boxes_csv = cohort.write_csvs()
     out = tmp_path / "P"
@@ -350,3 +351,179 @@ def test_split_is_seeded_by_study_and_stratified():
     assert {e["study_uid"] for e in other["training"]} != {e["study_uid"] for e in first["training"]}
     with pytest.raises(InputError, match="summing to 1"):
         build_datalist(records, (0.5, 0.2, 0.2), seed=0)
+
+
+# ---- CSV rows matched by the DICOM StudyInstanceUID -----------------------------------------------
+
+
+def _entries(out: Path) -> dict[str, tuple[str, dict]]:
+    datalist = json.loads((out / "datalist.json").read_text())
+    return {e["study_uid"]: (part, e) for part in ("training", "validation", "test") for e in datalist[part]}
+
+
+def test_study_folder_not_named_by_its_uid_keeps_its_labels_and_boxes(tmp_path):
+    cohort, _, boxes_csv = _basic_cohort(tmp_path / "C")
+    pos = cohort.studies["pos"]
+    study_dir = pos["folder"].parent
+    study_dir.rename(study_dir.parent / "patient_001")  # an archive export: folder not named by the UID
+    out = tmp_path / "P"
+    report = prepare_cohort(tmp_path / "C", out, boxes_csv=boxes_csv, workers=1)
+    assert report.ok and not any("no study folder" in note for note in report.notes), report.notes
+    _, entry = _entries(out)[pos["study_uid"]]
+    assert entry["slice_labels"] == pos["slice_labels"] and entry["pe_present"] == 1
+    mask, _ = read_volume(out / entry["label"])
+    np.testing.assert_array_equal(mask, _expected_mask(pos, mask.shape))
+    record = json.loads((out / "records" / "patient_001.json").read_text())
+    assert any("CSV rows are matched by it" in note for note in record["notes"])
+
+
+def test_rows_filed_under_the_folder_name_are_a_fallback_with_a_note(tmp_path):
+    cohort, labels_csv, boxes_csv = _basic_cohort(tmp_path / "C")
+    pos = cohort.studies["pos"]
+    pos["folder"].parent.rename(pos["folder"].parent.parent / "patient_7")
+    for path in (labels_csv, boxes_csv):
+        path.write_text(path.read_text().replace(pos["study_uid"], "patient_7"))
+    out = tmp_path / "P"
+    assert prepare_cohort(tmp_path / "C", out, boxes_csv=boxes_csv, workers=1).ok
+    _, entry = _entries(out)[pos["study_uid"]]
+    assert entry["slice_labels"] == pos["slice_labels"] and "label" in entry
+    notes = json.loads((out / "records" / "patient_7.json").read_text())["notes"]
+    assert any("label rows matched by the folder name patient_7" in note for note in notes)
+    assert any("boxes matched by the folder name patient_7" in note for note in notes)
+
+
+def test_prepare_study_rejects_rows_of_another_study(tmp_path):
+    cohort = Cohort(tmp_path / "C")
+    study = cohort.add("s", n_slices=3)
+    study_dir = study["folder"].parent
+    foreign = StudyLabels("someotherstudy", {study["series_uid"]}, {sop: 0 for sop in study["sop_uids"]})
+    with pytest.raises(InputError, match=rf"label rows of study someotherstudy were matched to .*{study['study_uid']}"):
+        prepare_study(study_dir, tmp_path / "P", labels=foreign)
+    box = Box("someotherstudy", None, study["sop_uids"][0], None, 0, 0, 2, 2, line=9)
+    with pytest.raises(InputError, match=r"box CSV:9: box of study someotherstudy was matched to"):
+        prepare_study(study_dir, tmp_path / "P", boxes=[box])
+
+
+def test_boxes_naming_another_series_fail_their_study(tmp_path):
+    cohort, _, boxes_csv = _basic_cohort(tmp_path / "C")
+    pos = cohort.studies["pos"]
+    boxes_csv.write_text(boxes_csv.read_text().replace(pos["series_uid"], "777777777777"))
+    report = prepare_cohort(tmp_path / "C", tmp_path / "P", boxes_csv=boxes_csv, workers=1)
+    assert [f["study"] for f in report.failures] == [pos["study_uid"]]
+    assert re.search(
+        rf"boxes.csv:2: study {pos['study_uid']}: box on SOPInstanceUID \w+ of series 777777777777, but the prepared "
+        rf"series is {pos['series_uid']}",
+        report.failures[0]["error"],
+    )
+    assert len(report.prepared) == 3  # the other studies go on
+
+
+# ---- resume sees changed DICOM files ---------------------------------------------------------------
+
+
+def test_resume_redoes_a_study_whose_dicom_files_changed(tmp_path):
+    cohort, _, boxes_csv = _basic_cohort(tmp_path / "C")
+    out = tmp_path / "P"
+    prepare_cohort(tmp_path / "C", out, boxes_csv=boxes_csv, workers=1)
+    neg = cohort.studies["neg"]
+    changed = neg["files"][0]
+    ds = pydicom.dcmread(changed)
+    ds.RescaleIntercept = "-1000"  # same size on disk: only the modification time tells
+    ds.save_as(changed)
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    again = prepare_cohort(tmp_path / "C", out, boxes_csv=boxes_csv, workers=1)
+    assert again.prepared == [neg["study_uid"]] and len(again.skipped) == 3
+    volume, _ = read_volume(out / "images" / f"{neg['study_uid']}.nii.gz")
+    np.testing.assert_array_equal(volume[0], neg["hu"][0] + 24)
+    neg["files"][-1].unlink()  # a slice removed: the study is redone (and now fails on its label rows)
+    third = prepare_cohort(tmp_path / "C", out, boxes_csv=boxes_csv, workers=1)
+    assert [f["study"] for f in third.failures] == [neg["study_uid"]] and len(third.skipped) == 3
+
+
+# ---- cohort-level checks: labels that label nothing, empty training split, seed and workers ---------
+
+
+def test_label_csv_with_a_header_only_stops_the_cohort(tmp_path):
+    _, labels_csv, boxes_csv = _basic_cohort(tmp_path / "C")
+    labels_csv.write_text(",".join(KAGGLE_COLUMNS) + "\n")
+    with pytest.raises(InputError, match=r"train.csv: no label rows \(a header only\?\)"):
+        prepare_cohort(tmp_path / "C", tmp_path / "P", boxes_csv=boxes_csv, workers=1)
+    assert not (tmp_path / "P").exists()  # before any study
+
+
+def test_label_csv_labelling_none_of_the_studies_stops_the_cohort(tmp_path):
+    _basic_cohort(tmp_path / "C")
+    other = Cohort(tmp_path / "Other", seed=5)
+    other.add("x")
+    other_labels, _ = other.write_csvs()
+    with pytest.raises(InputError, match=r"train.csv: labels none of the 4 study folders under .*: its 1 studies"):
+        prepare_cohort(tmp_path / "C", tmp_path / "P", labels_csv=other_labels, workers=1)
+
+
+def test_default_train_csv_that_labels_no_test_study_is_only_noted(tmp_path):
+    cohort = Cohort(tmp_path / "K", split="test")
+    cohort.add("a", labeled=False)
+    train = Cohort(tmp_path / "elsewhere", seed=3)
+    train.add("t")
+    labels_csv, _ = train.write_csvs()
+    (tmp_path / "K" / "train.csv").write_text(labels_csv.read_text())  # Kaggle root with test/ only
+    report = prepare_cohort(tmp_path / "K", tmp_path / "P", workers=1)
+    assert report.ok and any("labels none of the test/ studies" in note for note in report.notes)
+
+
+def test_empty_training_split_stops_the_cohort(tmp_path):
+    cohort = Cohort(tmp_path / "C")
+    broken = cohort.add("labeled_but_broken", positive=(1,))
+    broken["files"][2].unlink()  # its only labeled study fails
+    cohort.add("unlabeled", labeled=False)
+    cohort.write_csvs()
+    out = tmp_path / "P"
+    out.mkdir()
+    (out / "datalist.json").write_text("{}")  # an earlier run's datalist must not survive
+    with pytest.raises(InputError, match=r"training split is empty: 0 labeled studies prepared, 1 of 2 studies failed"):
+        prepare_cohort(tmp_path / "C", out, workers=1)
+    assert not (out / "datalist.json").exists()
+    assert [f["study"] for f in json.loads((out / "failures.json").read_text())] == [broken["study_uid"]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
+        ({"seed": 1.5}, r"seed must be an integer >= 0, got 1\.5"),
+        ({"seed": "abc"}, r"seed must be an integer >= 0, got 'abc'"),
+        ({"seed": True}, r"seed must be an integer >= 0, got True"),
+        ({"workers": 0}, r"workers must be an integer >= 1 \(processes\), got 0"),
+        ({"workers": -2}, r"workers must be an integer >= 1"),
+        ({"workers": 2.5}, r"workers must be an integer >= 1 \(processes\), got 2\.5"),
+        ({"workers": "two"}, r"workers must be an integer >= 1 \(processes\), got 'two'"),
+    ],
+)
+def test_seed_and_workers_are_checked_before_any_work(tmp_path, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        prepare_cohort(tmp_path / "does_not_exist", tmp_path / "P", **{"workers": 1, **kwargs})
+    assert not (tmp_path / "P").exists()
+
+
+def test_cli_exits_2_for_cohort_problems_and_its_help_lists_them(tmp_path):
+    _, _, boxes_csv = _basic_cohort(tmp_path / "C")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = [sys.executable, str(REPO / "scripts" / "prepare.py")]
+    args = ["--rspect_dir", str(tmp_path / "C"), "--out_dir", str(tmp_path / "P")]
+
+    def run(*extra):
+        return subprocess.run([*script, *args, *extra], capture_output=True, text=True, env=env, timeout=120)
+
+    result = run("--seed", "-3")
+    assert result.returncode == 2 and "error: seed must be an integer >= 0, got -3" in result.stderr
+    result = run("--workers", "0")
+    assert result.returncode == 2 and "error: workers must be an integer >= 1" in result.stderr
+    with boxes_csv.open("a") as handle:
+        handle.write("a,b,c,Main,1,1,-2,2\n")  # one bad box row stops the whole cohort (documented)
+    result = run("--boxes_csv", str(boxes_csv), "--workers", "1")
+    assert result.returncode == 2 and re.search(r"boxes.csv:\d+: invalid box", result.stderr), result.stderr
+    assert not (tmp_path / "P").exists()
+    shown = subprocess.run([*script, "--help"], capture_output=True, text=True, env=env, timeout=120)
+    help_text = shown.stdout + shown.stderr  # fire writes its help to stderr when not on a terminal
+    assert "a bad box CSV row (one bad box row stops the whole cohort" in " ".join(help_text.split())

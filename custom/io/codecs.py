@@ -143,7 +143,8 @@ def decode_pixels(dataset: Dataset, path: str | os.PathLike) -> np.ndarray:
         ``PixelRepresentation`` is 1).
 
     Raises:
-        InputError: no codec for the transfer syntax, or the pixel data is truncated or corrupt.
+        InputError: no codec for the transfer syntax, or the pixel data is truncated, corrupt, or
+            (uncompressed) longer than Rows x Columns says.
     """
     transfer_syntax = check_decodable(dataset, path)
     plugin = decoding_plugin(transfer_syntax)
@@ -197,7 +198,12 @@ def _native_single_frame(dataset: Dataset) -> np.ndarray | None:
 
 
 def _check_native_length(dataset: Dataset, path: str | os.PathLike) -> None:
-    """pydicom tolerates a native Pixel Data a few bytes short; a truncated file must not pass."""
+    """Native Pixel Data must hold exactly what Rows x Columns x frames say (plus DICOM's one padding byte).
+
+    pydicom tolerates data a few bytes short (a truncated file must not pass) and drops or returns
+    as extra frames data that is too long; either way the header does not describe the pixels, so
+    both raise. An odd expected length may carry the one trailing padding byte DICOM requires.
+    """
     if "PixelData" not in dataset:
         return
     bits_allocated = int(dataset.get("BitsAllocated", 0) or 0)
@@ -214,3 +220,9 @@ def _check_native_length(dataset: Dataset, path: str | os.PathLike) -> None:
     found = len(dataset.PixelData)
     if found < expected:
         raise InputError(f"{path}: truncated file: Pixel Data has {found} bytes, {expected} expected")
+    if found > expected + expected % 2:
+        raise InputError(
+            f"{path}: Pixel Data has {found} bytes, {expected} expected ({int(dataset.Rows)} Rows x "
+            f"{int(dataset.Columns)} Columns x {frames} frame(s) x {bits_allocated // 8} byte(s)): the header does "
+            "not describe the pixel data (extra data)"
+        )

@@ -30,9 +30,9 @@ from pydicom.uid import UID
 
 from custom.io.codecs import LOSSY_TRANSFER_SYNTAXES, check_decodable, decode_pixels
 from custom.io.errors import InputError
-from custom.io.geometry import affine_from_dicom, slice_normal
+from custom.io.geometry import affine_from_dicom, orientation_problem, pixel_spacing_problem, slice_normal
 
-__all__ = ["CTSeries", "DicomSeriesInfo", "read_ct_series", "scan_dicom_folder"]
+__all__ = ["CTSeries", "DicomSeriesInfo", "list_study_files", "peek_study_uid", "read_ct_series", "scan_dicom_folder"]
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _DUPLICATE_TOLERANCE_MM = 0.01
@@ -107,14 +107,54 @@ def _lenient_value_reading() -> Iterator[None]:
         settings._reading_validation_mode = previous
 
 
-def _candidate_files(folder: Path) -> list[Path]:
+def list_study_files(folder: str | os.PathLike) -> list[Path]:
+    """The files :func:`read_ct_series` considers in ``folder``: recursive, hidden ones skipped, sorted.
+
+    Args:
+        folder: a study or series folder.
+
+    Returns:
+        The file paths (empty when ``folder`` is not a folder or holds no file). Nothing is read.
+    """
+    folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder")
-    files = sorted(
+        return []
+    return sorted(
         p
         for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+
+
+def peek_study_uid(files: Sequence[str | os.PathLike], max_reads: int = 10) -> tuple[str, Path] | None:
+    """The ``StudyInstanceUID`` of the first readable DICOM image among ``files`` (headers only).
+
+    Used to match a study folder to its CSV rows before the folder is read in full; the full
+    read checks that the chosen series belongs to that study.
+
+    Args:
+        files: candidate files, e.g. :func:`list_study_files`.
+        max_reads: give up after this many files that are not readable DICOM images.
+
+    Returns:
+        ``(StudyInstanceUID, file)``, or ``None`` when no file gave one; never raises.
+    """
+    with _lenient_value_reading():
+        for path in list(files)[:max_reads]:
+            try:
+                dataset = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # noqa: BLE001 - a peek: the full read reports bad files
+                continue
+            uid = str(dataset.get("StudyInstanceUID", "") or "").strip()
+            if uid and "Rows" in dataset:
+                return uid, Path(path)
+    return None
+
+
+def _candidate_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    files = list_study_files(folder)
     if not files:
         raise InputError(f"{folder}: empty folder (no files)")
     return files
@@ -233,7 +273,10 @@ def read_ct_series(
         The :class:`CTSeries`.
 
     Raises:
-        InputError: empty folder; truncated or corrupt file; no CT series; mixed Rows/Columns,
+        InputError: empty folder; truncated or corrupt file; no CT series; an
+            ``ImageOrientationPatient`` whose cosines are not finite, unit-length and orthogonal; a
+            ``PixelSpacing`` (or single-slice step) not finite and > 0; Pixel Data longer or shorter
+            than Rows x Columns says; mixed Rows/Columns,
             orientation, pixel spacing, modality or study within the series; two slices at one
             position; a missing slice (a gap over 1.5x the median spacing); inconsistent spacing;
             a transfer syntax no installed codec decodes; non-finite values; with ``dtype=int16``,
@@ -301,6 +344,24 @@ def _floats(dataset: Dataset, keyword: str, path: Path, count: int) -> np.ndarra
     return array
 
 
+def _orientation(dataset: Dataset, path: Path) -> np.ndarray:
+    """``ImageOrientationPatient``: six finite, unit-length, mutually orthogonal direction cosines."""
+    orientation = _floats(dataset, "ImageOrientationPatient", path, 6)
+    problem = orientation_problem(orientation)
+    if problem is not None:
+        raise InputError(f"{path}: invalid ImageOrientationPatient {orientation.tolist()}: {problem}")
+    return orientation
+
+
+def _pixel_spacing(dataset: Dataset, path: Path) -> np.ndarray:
+    """``PixelSpacing``: two finite numbers > 0 (a negative spacing would silently mirror the image)."""
+    spacing = _floats(dataset, "PixelSpacing", path, 2)
+    problem = pixel_spacing_problem(spacing)
+    if problem is not None:
+        raise InputError(f"{path}: invalid PixelSpacing {spacing.tolist()}: {problem}")
+    return spacing
+
+
 def _read_series(
     folder: Path,
     series_uid: str,
@@ -312,8 +373,8 @@ def _read_series(
 ) -> CTSeries:
     first_path, first = items[0]
     rows, cols = int(first.get("Rows", 0)), int(first.get("Columns", 0))
-    orientation = _floats(first, "ImageOrientationPatient", first_path, 6)
-    pixel_spacing = _floats(first, "PixelSpacing", first_path, 2)
+    orientation = _orientation(first, first_path)
+    pixel_spacing = _pixel_spacing(first, first_path)
     study_uid = str(first.get("StudyInstanceUID", "")).strip()
     positions = np.empty((len(items), 3))
     seen_sops: dict[str, Path] = {}
@@ -324,14 +385,14 @@ def _read_series(
                 f"{path}: {ds.get('Rows')}x{ds.get('Columns')} pixels but {first_path.name} has {rows}x{cols} (mixed "
                 f"Rows/Columns in series {series_uid})"
             )
-        iop = _floats(ds, "ImageOrientationPatient", path, 6)
+        iop = _orientation(ds, path)
         if np.abs(iop - orientation).max() > _DIRECTION_TOLERANCE:
             raise InputError(
                 f"{path}: ImageOrientationPatient {iop.round(5).tolist()} differs from "
                 f"{orientation.round(5).tolist()} of {first_path.name} "
                 f"(mixed orientation in series {series_uid})"
             )
-        spacing = _floats(ds, "PixelSpacing", path, 2)
+        spacing = _pixel_spacing(ds, path)
         if np.abs(spacing - pixel_spacing).max() > _DIRECTION_TOLERANCE * max(1.0, float(pixel_spacing.max())):
             raise InputError(
                 f"{path}: PixelSpacing {spacing.tolist()} differs from {pixel_spacing.tolist()} of {first_path.name} "
@@ -415,9 +476,18 @@ def _slice_step(
     """The LPS step between consecutive sorted slices, after the duplicate, gap and spacing checks."""
     if len(items) == 1:
         path, ds = items[0]
-        thickness = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0
-        notes.append(f"{path}: single-slice series; slice step {float(thickness)} mm along the normal from the header")
-        return normal * float(thickness)
+        keyword = next((k for k in ("SpacingBetweenSlices", "SliceThickness") if ds.get(k) not in (None, "")), None)
+        thickness = 1.0 if keyword is None else _header_float(ds, keyword, 1.0, path)
+        if not (math.isfinite(thickness) and thickness > 0):
+            raise InputError(
+                f"{path}: invalid {keyword} {thickness:g} of a single-slice series: the slice step must be finite and "
+                "> 0 mm"
+            )
+        notes.append(
+            f"{path}: single-slice series; slice step {thickness:g} mm along the normal from the header "
+            f"({keyword or 'no SpacingBetweenSlices or SliceThickness: 1 mm assumed'})"
+        )
+        return normal * thickness
     distances = np.diff(positions @ normal)
     for k in np.flatnonzero(distances < _DUPLICATE_TOLERANCE_MM):
         raise InputError(

@@ -7,9 +7,13 @@ most slices) and written as ``O/images/<StudyInstanceUID>.nii.gz`` (int16 HU);
 CSV is given; ``O/datalist.json`` (docs/conventions.md) with a seeded train/validation/test split
 by study, stratified by ``pe_present``; ``O/failures.json``.
 
+A study folder's CSV rows are found by the ``StudyInstanceUID`` of its DICOM files (the folder
+name is only a fallback), so a folder not named by its UID keeps its labels and boxes.
+
 Studies are independent: they run in parallel processes, a failing study is recorded and the
 others go on, and a finished study (outputs plus ``O/records/<folder>.json`` whose input digest
-matches) is skipped on a rerun. Every file is written atomically.
+matches: its CSV rows and its files' paths, sizes and modification times) is skipped on a rerun.
+Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import logging
 import math
 import multiprocessing
+import numbers
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -30,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from custom.io.atomic import write_json_atomic
-from custom.io.dicom import read_ct_series
+from custom.io.dicom import list_study_files, peek_study_uid, read_ct_series
 from custom.io.errors import InputError
 from custom.io.nifti import write_volume
 from custom.io.rspect import (
@@ -112,11 +117,13 @@ def prepare_cohort(
         boxes_csv: RSPECT-augmented box CSV; when given, ``O/labels/<uid>.nii.gz`` is written
             (docs/conventions.md: boxes -> filled union per slice; no boxes and negative on every
             slice -> all-zero mask; positive without boxes -> no label).
-        labels_csv: Kaggle label CSV; default ``<rspect_dir>/train.csv`` when it exists. Studies
-            without rows get no ``slice_labels`` and go to the ``test`` split.
+        labels_csv: Kaggle label CSV; default ``<rspect_dir>/train.csv`` when it exists. Rows (and
+            boxes) are matched to a study folder by the ``StudyInstanceUID`` of its DICOM files, by
+            the folder name only when no rows name that UID. Studies without rows get no
+            ``slice_labels`` and go to the ``test`` split.
         split: fractions ``(training, validation, test)`` of the labeled studies, summing to 1.
-        seed: seed of the split (by study, stratified by ``pe_present``).
-        workers: processes; 1 runs in this process.
+        seed: seed of the split (by study, stratified by ``pe_present``), an integer >= 0.
+        workers: processes, an integer >= 1; 1 runs in this process.
         box_columns: box CSV column mapping (see :func:`custom.io.rspect.resolve_box_columns`).
 
     Returns:
@@ -124,40 +131,59 @@ def prepare_cohort(
         when some studies fail.
 
     Raises:
-        InputError: ``rspect_dir`` has no study folders, a CSV is missing or lacks a required
-            column, or ``split`` is invalid. Problems of one study never raise: they are failures.
+        InputError: the whole cohort is unusable, before any study is converted: ``rspect_dir``
+            has no study folders; a CSV is missing or lacks a required column; a box CSV row is
+            bad (see :func:`custom.io.rspect.read_boxes`); the label CSV labels none of the study
+            folders (e.g. a header only); ``split``, ``seed`` or ``workers`` is invalid. After the
+            studies: a label CSV is in use but the training split is empty (``failures.json`` is
+            written, ``datalist.json`` is not). Problems of one study never raise: they are failures.
     """
     root = Path(rspect_dir)
     out = Path(out_dir)
     fractions = _check_split(split)
+    seed = _check_seed(seed)
+    workers = _check_workers(workers)
     study_dirs = find_study_dirs(root)
-    if labels_csv is None and (root / "train.csv").is_file():
+    labels_defaulted = labels_csv is None and (root / "train.csv").is_file()
+    if labels_defaulted:
         labels_csv = root / "train.csv"
     labels = read_slice_labels(labels_csv) if labels_csv is not None else {}
     columns = resolve_box_columns(box_columns) if boxes_csv is not None else None
     boxes = read_boxes(boxes_csv, columns) if boxes_csv is not None else None
     report = PrepareReport(out_dir=out, n_studies=len(study_dirs))
-    folder_names = {d.name for d in study_dirs}
-    orphan_labels = sorted(set(labels) - folder_names)
-    if orphan_labels:
-        report.notes.append(
-            f"{labels_csv}: {len(orphan_labels)} studies have label rows but no folder (e.g. "
-            f"{', '.join(orphan_labels[:3])})"
-        )
-    if boxes:
-        orphan_boxes = sorted(set(boxes) - folder_names)
-        if orphan_boxes:
-            report.notes.append(
-                f"{boxes_csv}: {len(orphan_boxes)} studies have boxes but no folder (e.g. "
-                f"{', '.join(orphan_boxes[:3])})"
-            )
 
     tasks = []
     for study_dir in study_dirs:
-        study_labels = labels.get(study_dir.name)
-        study_boxes = None if boxes is None else tuple(boxes.get(study_dir.name, ()))
-        digest = _digest(study_labels, study_boxes)
+        files = list_study_files(study_dir)
+        peeked = peek_study_uid(files) if labels or boxes else None
+        key = _csv_key(study_dir.name, peeked[0] if peeked else None, labels, boxes or {})
+        study_labels = labels.get(key)
+        study_boxes = None if boxes is None else tuple(boxes.get(key, ()))
+        digest = _digest(study_labels, study_boxes, _file_stats(study_dir, files))
         tasks.append(_StudyTask(study_dir, out, study_labels, study_boxes, _str(labels_csv), _str(boxes_csv), digest))
+
+    labels_in_use = labels_csv is not None
+    if labels_in_use and not any(task.labels is not None for task in tasks):
+        if labels_defaulted and all(d.parent == root / "test" for d in study_dirs):
+            report.notes.append(f"{labels_csv}: labels none of the test/ studies; they are prepared unlabeled")
+            labels_in_use = False
+        else:
+            raise InputError(_unmatched_labels_message(labels_csv, labels, root, len(study_dirs)))
+    used = {task.labels.study_uid for task in tasks if task.labels is not None}
+    orphan_labels = sorted(set(labels) - used)
+    if orphan_labels:
+        report.notes.append(
+            f"{labels_csv}: {len(orphan_labels)} studies have label rows but no study folder with that "
+            f"StudyInstanceUID (or folder name) (e.g. {', '.join(orphan_labels[:3])})"
+        )
+    if boxes:
+        used_boxes = {box.study_uid for task in tasks for box in (task.boxes or ())}
+        orphan_boxes = sorted(set(boxes) - used_boxes)
+        if orphan_boxes:
+            report.notes.append(
+                f"{boxes_csv}: {len(orphan_boxes)} studies have boxes but no study folder with that "
+                f"StudyInstanceUID (or folder name) (e.g. {', '.join(orphan_boxes[:3])})"
+            )
 
     records: dict[Path, dict[str, Any]] = {}
     todo = []
@@ -201,6 +227,16 @@ def prepare_cohort(
         "notes": report.notes,
     }
     datalist = build_datalist(ok_records, fractions, seed, meta)
+    if labels_in_use and fractions[0] > 0 and not datalist["training"]:
+        write_json_atomic(out / "failures.json", report.failures)
+        (out / "datalist.json").unlink(missing_ok=True)  # never leave an earlier run's datalist beside this failure
+        n_labeled = sum(1 for r in ok_records if "pe_present" in r)
+        example = f"; e.g. {report.failures[0]['study']}: {report.failures[0]['error']}" if report.failures else ""
+        raise InputError(
+            f"{labels_csv}: the training split is empty: {n_labeled} labeled studies prepared, "
+            f"{len(report.failures)} of {len(study_dirs)} studies failed (see {out / 'failures.json'}{example}); "
+            f"split {list(fractions)}"
+        )
     report.datalist_path = out / "datalist.json"
     write_json_atomic(report.datalist_path, datalist)
     write_json_atomic(out / "failures.json", report.failures)
@@ -229,7 +265,9 @@ def prepare_study(
         ``spacing_zyx`` and ``transfer_syntaxes``.
 
     Raises:
-        InputError: see :func:`custom.io.dicom.read_ct_series` and :mod:`custom.io.rspect`.
+        InputError: see :func:`custom.io.dicom.read_ct_series` and :mod:`custom.io.rspect`; also
+            label rows or boxes filed under a study that is neither the series' StudyInstanceUID
+            nor the folder name, and boxes naming another series than the one prepared.
     """
     study_dir, out = Path(study_dir), Path(out_dir)
     series_uid = None
@@ -249,7 +287,11 @@ def prepare_study(
         )
     notes = ([f"{study_dir}: the label CSV names series {series_uid}"] if series_uid else []) + list(series.notes)
     if uid != study_dir.name:
-        notes.append(f"{study_dir}: folder name differs from the StudyInstanceUID {uid}; outputs are named by the UID")
+        notes.append(
+            f"{study_dir}: folder name differs from the StudyInstanceUID {uid}; outputs are named by the UID and CSV "
+            "rows are matched by it"
+        )
+    notes += _check_rows_belong(study_dir, uid, series.series_uid, labels, boxes, labels_source, boxes_source)
     entry: dict[str, Any] = {
         "image": f"images/{uid}.nii.gz",
         "study_uid": uid,
@@ -264,7 +306,9 @@ def prepare_study(
     mask = None
     if boxes is not None:
         if boxes:
-            mask, box_notes = box_mask(series.sop_uids, series.volume_zyx.shape[1:], boxes, boxes_source)
+            mask, box_notes = box_mask(
+                series.sop_uids, series.volume_zyx.shape[1:], boxes, boxes_source, series_uid=series.series_uid
+            )
             notes += box_notes
             if slice_labels is not None:
                 boxed_negative = int(sum(1 for k, label in enumerate(slice_labels) if label == 0 and mask[k].any()))
@@ -312,6 +356,7 @@ def build_datalist(
         by ``study_uid`` within each part.
     """
     fractions = _check_split(split)
+    seed = _check_seed(seed)
     keys = ("image", "label", "study_uid", "series_uid", "n_slices", "slice_labels", "pe_present")
     entries = {r["study_uid"]: {k: r[k] for k in keys if k in r} for r in records}
     parts: dict[str, list[str]] = {"training": [], "validation": [], "test": []}
@@ -345,14 +390,101 @@ def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise InputError(f"seed must be an integer >= 0, got {seed!r} ({type(seed).__name__})")
+    return int(seed)
+
+
+def _check_workers(workers: Any) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise InputError(f"workers must be an integer >= 1 (processes), got {workers!r} ({type(workers).__name__})")
+    return int(workers)
+
+
+def _csv_key(folder_name: str, dicom_uid: str | None, labels: Mapping[str, Any], boxes: Mapping[str, Any]) -> str:
+    """The CSV study key of a folder: its DICOM StudyInstanceUID, the folder name only when no row names the UID."""
+    if dicom_uid is not None and (dicom_uid in labels or dicom_uid in boxes):
+        return dicom_uid
+    if folder_name in labels or folder_name in boxes:
+        return folder_name
+    return dicom_uid or folder_name
+
+
+def _unmatched_labels_message(
+    labels_csv: str | os.PathLike, labels: Mapping[str, StudyLabels], root: Path, n_folders: int
+) -> str:
+    if not labels:
+        return (
+            f"{labels_csv}: no label rows (a header only?): none of the {n_folders} studies under {root} would be "
+            "labeled, so the training and validation splits would be empty"
+        )
+    return (
+        f"{labels_csv}: labels none of the {n_folders} study folders under {root}: its {len(labels)} studies (e.g. "
+        f"{', '.join(sorted(labels)[:3])}) match no folder's StudyInstanceUID (read from its DICOM files) nor "
+        "folder name"
+    )
+
+
+def _check_rows_belong(
+    study_dir: Path,
+    uid: str,
+    series_uid: str,
+    labels: StudyLabels | None,
+    boxes: Sequence[Box] | None,
+    labels_source: str,
+    boxes_source: str,
+) -> list[str]:
+    """Raise when label rows or boxes were filed under another study; note a match by folder name."""
+    accepted = {uid, study_dir.name}
+    notes = []
+    if labels is not None:
+        if labels.study_uid not in accepted:
+            raise InputError(
+                f"{labels_source}: label rows of study {labels.study_uid} were matched to {study_dir}, but its series "
+                f"{series_uid} has StudyInstanceUID {uid} (files of another study in the folder?)"
+            )
+        if labels.study_uid != uid:
+            notes.append(
+                f"{study_dir}: label rows matched by the folder name {labels.study_uid}; no row names the "
+                f"StudyInstanceUID {uid}"
+            )
+    for box in boxes or ():
+        if box.study_uid not in accepted:
+            raise InputError(
+                f"{boxes_source}:{box.line}: box of study {box.study_uid} was matched to {study_dir}, but its series "
+                f"{series_uid} has StudyInstanceUID {uid} (files of another study in the folder?)"
+            )
+    if boxes and any(box.study_uid != uid for box in boxes):
+        notes.append(
+            f"{study_dir}: boxes matched by the folder name {study_dir.name}; no box names the StudyInstanceUID {uid}"
+        )
+    return notes
+
+
+def _file_stats(study_dir: Path, files: Sequence[Path]) -> list[tuple[str, int, int]]:
+    """``(relative path, size, mtime_ns)`` of each file (``os.stat`` only, nothing is read)."""
+    stats = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:  # vanished since listed: the study's read reports it
+            continue
+        stats.append((path.relative_to(study_dir).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return stats
+
+
 def _str(path: str | os.PathLike | None) -> str | None:
     return None if path is None else str(path)
 
 
-def _digest(labels: StudyLabels | None, boxes: tuple[Box, ...] | None) -> str:
-    """Fingerprint of what a study's outputs depend on besides its DICOM files."""
+def _digest(
+    labels: StudyLabels | None, boxes: tuple[Box, ...] | None, files: Sequence[tuple[str, int, int]] = ()
+) -> str:
+    """Fingerprint of what a study's outputs depend on: its CSV rows and its files (path, size, mtime)."""
     content = {
         "version": RECORD_VERSION,
+        "files": [list(f) for f in files],
         "labels": (
             None if labels is None else [sorted(labels.series_uids), sorted(labels.sop_labels.items()), labels.errors]
         ),

@@ -318,7 +318,11 @@ def slice_labels_in_order(sop_uids: Sequence[str], labels: StudyLabels, source: 
 
 
 def box_mask(
-    sop_uids: Sequence[str], shape_yx: tuple[int, int], boxes: Sequence[Box], source: str
+    sop_uids: Sequence[str],
+    shape_yx: tuple[int, int],
+    boxes: Sequence[Box],
+    source: str,
+    series_uid: str | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Reference mask of a study: on each slice, the union of all its filled boxes.
 
@@ -327,6 +331,8 @@ def box_mask(
         shape_yx: ``(Rows, Columns)`` of the slices.
         boxes: the study's boxes (every row, several per slice allowed).
         source: the box CSV, for messages.
+        series_uid: ``SeriesInstanceUID`` of the series the mask is for; a box whose CSV row names
+            another series is rejected (boxes without a series column are not checked).
 
     Returns:
         ``(mask, notes)``: uint8 ``(Z, Y, X)`` mask (1 inside any box) and notes about boxes
@@ -334,13 +340,19 @@ def box_mask(
         ``[y, y + height)``; with fractional coordinates, the pixels whose index lies in that range.
 
     Raises:
-        InputError: a box names a SOP that is not in the series, or lies wholly outside the image.
+        InputError: a box names another series than ``series_uid`` or a SOP that is not in the
+            series, or lies wholly outside the image; the message names the CSV line.
     """
     index = {sop: k for k, sop in enumerate(sop_uids)}
     rows, cols = shape_yx
     mask = np.zeros((len(sop_uids), rows, cols), dtype=np.uint8)
     notes = []
     for box in boxes:
+        if series_uid is not None and box.series_uid is not None and box.series_uid != series_uid:
+            raise InputError(
+                f"{source}:{box.line}: study {box.study_uid}: box on SOPInstanceUID {box.sop_uid} of series "
+                f"{box.series_uid}, but the prepared series is {series_uid}"
+            )
         k = index.get(box.sop_uid)
         if k is None:
             raise InputError(
