@@ -158,6 +158,12 @@ def test_a_calibration_of_other_weights_is_refused(tmp_path) -> None:
     ("not json", "not a student threshold calibration"),
     ('{"f1": 0.3}', "not a student threshold calibration"),
     ('{"threshold": 0}', r"threshold 0.0 is not in \(0, 1\)"),
+    ('{"threshold": 1.5}', r"threshold 1.5 is not in \(0, 1\)"),
+    ('{"threshold": NaN}', r"threshold nan is not in \(0, 1\)"),
+    ('{"threshold": "0.7"}', "threshold '0.7' is not a number"),
+    ('{"threshold": "abc"}', "threshold 'abc' is not a number"),
+    ('{"threshold": true}', "threshold True is not a number"),
+    ('{"threshold": null}', "threshold None is not a number"),
 ])
 def test_bad_calibration_files_are_named(tmp_path, content, message) -> None:
     (tmp_path / "threshold.json").write_text(content)
@@ -165,6 +171,22 @@ def test_bad_calibration_files_are_named(tmp_path, content, message) -> None:
         read_threshold(tmp_path)
     with pytest.raises(InputError, match="no student threshold calibration"):
         load_calibration(tmp_path / "missing.json")
+
+
+def test_read_threshold_checks_its_default(tmp_path) -> None:
+    """The uncalibrated default is a threshold too: a bad one is refused, not returned (e.g. -1 from a config)."""
+    assert read_threshold(tmp_path, "0.4") == 0.4
+    for default, message in [(-1, r"default threshold must lie in \(0, 1\), got -1"),
+                             (7, r"default threshold must lie in \(0, 1\), got 7"),
+                             (1.0, r"default threshold must lie in \(0, 1\), got 1"),
+                             ("abc", "default threshold must be a number, got 'abc'"),
+                             (float("nan"), "default threshold must be a finite number")]:
+        with pytest.raises(ValueError, match=message):
+            read_threshold(tmp_path, default)
+    (tmp_path / "threshold.json").write_text(json.dumps({"threshold": 0.8}))
+    assert read_threshold(tmp_path) == 0.8
+    with pytest.raises(ValueError, match="default threshold must lie"):  # checked whether or not the file exists
+        read_threshold(tmp_path, -1)
 
 
 def test_score_script_uses_the_calibration(tmp_path, monkeypatch) -> None:

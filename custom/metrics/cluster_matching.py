@@ -45,6 +45,7 @@ Labels equal those of a full-volume ``scipy.ndimage.label`` (``benchmarks/bench_
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +61,14 @@ __all__ = [
     "ClusterCounts",
     "ClusterMatchingMetric",
     "ClusterOverlaps",
+    "check_iou_threshold",
+    "check_probability_threshold",
     "cluster_overlaps",
     "count_matches",
     "foreground_index",
     "label_clusters",
     "match_clusters",
+    "real_number",
 ]
 
 #: 26-connectivity in 3D.
@@ -136,6 +140,56 @@ class ClusterCounts:
             "f1": self.f1,
             "fp_per_study": _ratio(self.fp, n_studies),
         }
+
+
+def real_number(value: Any, name: str) -> float:
+    """``value`` as a finite float; a numeric string (``fire`` passes ``--threshold nan`` or ``abc`` as text) is converted.
+
+    Raises:
+        ValueError: ``value`` is a bool, not a number or numeric string, or NaN / infinite (names ``name``).
+    """
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        number = float(value)
+    else:
+        raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def check_probability_threshold(value: Any, name: str = "threshold") -> float:
+    """A binarisation threshold (detection voxels: ``prediction >= threshold``) as a float in (0, 1].
+
+    0 is refused because ``>= 0`` makes every voxel of a probability map a detection (one cluster covering the
+    whole study); 1 is allowed, it keeps only voxels equal to 1 (e.g. a binary mask scored as it is).
+
+    Raises:
+        ValueError: not a finite number (:func:`real_number`) or outside (0, 1] (names ``name``).
+    """
+    number = real_number(value, name)
+    if not 0.0 < number <= 1.0:
+        raise ValueError(f"{name} must lie in (0, 1] (detection voxels: prediction >= {name}), got {number:g}")
+    return number
+
+
+def check_iou_threshold(value: Any, name: str = "iou_threshold") -> float:
+    """The strict variant's IoU threshold as a float in [0, 1).
+
+    A pair matches when its IoU is strictly above the threshold, so 1 would never match (refused) and 0 matches
+    every pair whose boxified detection shares a voxel with the PE (allowed).
+
+    Raises:
+        ValueError: not a finite number (:func:`real_number`) or outside [0, 1) (names ``name``).
+    """
+    number = real_number(value, name)
+    if not 0.0 <= number < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1) (a strict pair matches when IoU > {name}), got {number:g}")
+    return number
 
 
 def _check_3d(*arrays: np.ndarray) -> None:
@@ -417,23 +471,26 @@ class ClusterMatchingMetric(CumulativeIterationMetric):
 
     Args:
         threshold: a voxel is a detection voxel when ``y_pred >= threshold`` (as ``monai.transforms.AsDiscrete``),
-            so probabilities and binary masks both work.
+            so probabilities and binary masks both work; in (0, 1] (:func:`check_probability_threshold`).
         strict: use the strict variant (IoU of the boxified detection above ``iou_threshold``).
-        iou_threshold: strict variant only.
+        iou_threshold: strict variant only; in [0, 1) (:func:`check_iou_threshold`).
         slice_axis: strict variant only: the slice axis among the spatial dims; default ``-1`` (``Z`` of MONAI's
             ``(X, Y, Z)`` layout).
 
     Inputs of ``__call__(y_pred, y)``: batch-first ``(B, C, X, Y, Z)`` tensors or lists of channel-first
     ``(C, X, Y, Z)`` tensors, ``C`` 1 (foreground) or 2 (background, foreground); ``y`` is foreground where nonzero.
+
+    Raises:
+        ValueError: ``threshold`` or ``iou_threshold`` is not a number in its range (at construction).
     """
 
     def __init__(
         self, threshold: float = 0.5, strict: bool = False, iou_threshold: float = 0.5, slice_axis: int = -1
     ) -> None:
         super().__init__()
-        self.threshold = float(threshold)
+        self.threshold = check_probability_threshold(threshold, "threshold")
         self.strict = bool(strict)
-        self.iou_threshold = float(iou_threshold)
+        self.iou_threshold = check_iou_threshold(iou_threshold, "iou_threshold")
         self.slice_axis = int(slice_axis)
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:

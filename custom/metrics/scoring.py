@@ -26,6 +26,14 @@ With ``image_dir`` and ``contrast_min_share > 0`` each prediction first goes thr
 :func:`custom.transforms.contrast_adjacency.remove_unenhanced_clusters` with the study's image
 ``<image_dir>/<uid>.nii.gz`` (in HU), so a filter can be measured on saved outputs without running the
 network again; ``settings["contrast_filter"]`` records it (``None`` when off).
+
+Settings are checked before any file is read (:func:`check_settings`): ``threshold`` and ``froc_threshold``
+in (0, 1] (``>= 0`` would make every voxel a detection; 1 keeps voxels equal to 1, e.g. binary masks),
+``iou_threshold`` in [0, 1) (a strict pair needs IoU strictly above it), ``contrast_min_share`` in [0, 1],
+all finite numbers (numeric strings are converted). Predictions, references and the contrast filter's images
+must be finite: a NaN or infinite voxel is an :class:`~custom.io.errors.InputError` naming the file and the
+number of such voxels (a NaN reference voxel would otherwise count as embolus, an infinite prediction
+voxel as a detection).
 """
 
 from __future__ import annotations
@@ -41,7 +49,14 @@ import numpy as np
 from custom.io.atomic import write_json_atomic
 from custom.io.errors import InputError
 from custom.io.nifti import read_volume
-from custom.metrics.cluster_matching import ClusterCounts, cluster_overlaps, count_matches
+from custom.metrics.cluster_matching import (
+    ClusterCounts,
+    check_iou_threshold,
+    check_probability_threshold,
+    cluster_overlaps,
+    count_matches,
+    real_number,
+)
 from custom.metrics.froc import (
     FP_RATES,
     DetectionScores,
@@ -56,6 +71,7 @@ __all__ = [
     "PREDICTION_SUFFIXES",
     "StudyFiles",
     "StudyScore",
+    "check_settings",
     "format_table",
     "pair_studies",
     "read_pair",
@@ -176,11 +192,25 @@ def score_study(
     return StudyScore(cluster, strict, froc)
 
 
+def _check_finite(array: np.ndarray, path: Path, what: str) -> None:
+    """Raise an :class:`InputError` naming ``path`` and the count when ``array`` holds NaN or infinite voxels."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if n_bad:
+        n_nan = int(np.count_nonzero(np.isnan(array)))
+        raise InputError(
+            f"{path}: the {what} contains NaN or infinite values "
+            f"({n_bad} of {array.size} voxels: {n_nan} NaN, {n_bad - n_nan} infinite)"
+        )
+
+
 def read_pair(files: StudyFiles) -> tuple[np.ndarray, np.ndarray]:
     """A study's prediction and reference arrays, ``(Z, Y, X)``.
 
     Raises:
-        InputError: an unreadable file, a prediction on another grid than its reference (names both), NaN.
+        InputError: an unreadable file, a prediction on another grid than its reference (names both), a NaN
+            or infinite voxel in either file (names it and counts them).
     """
     try:
         prob, pred_affine = read_volume(files.prediction)
@@ -193,19 +223,54 @@ def read_pair(files: StudyFiles) -> tuple[np.ndarray, np.ndarray]:
             f"(shape (Z, Y, X) {prob.shape} vs {ref.shape}; "
             f"affine {pred_affine.round(4).tolist()} vs {ref_affine.round(4).tolist()})"
         )
-    if np.issubdtype(prob.dtype, np.floating) and np.isnan(prob).any():
-        raise InputError(f"{files.prediction}: prediction contains NaN")
+    _check_finite(prob, files.prediction, "prediction")
+    _check_finite(ref, files.reference, "reference mask")
     return prob, ref
 
 
 def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The contrast filter's HU image of a study, checked for its shape and for NaN / infinite voxels."""
     try:
         image, _ = read_volume(path)
     except (OSError, ValueError) as error:
         raise InputError(f"{path}: cannot read the study image for the contrast filter: {error}") from error
     if image.shape != shape:
         raise InputError(f"{path}: image shape (Z, Y, X) {image.shape} differs from its prediction's {shape}")
+    _check_finite(image, path, "image of the contrast filter")
     return image
+
+
+def check_settings(
+    threshold: Any = 0.5,
+    froc_threshold: Any = None,
+    iou_threshold: Any = 0.5,
+    contrast_hu: Any = 200.0,
+    contrast_min_share: Any = 0.0,
+    image_dir: str | os.PathLike | None = None,
+) -> dict[str, float | None]:
+    """The numeric settings of :func:`score_directories` as floats, checked (see the module docstring for ranges).
+
+    ``image_dir`` is only checked for presence: the contrast filter (``contrast_min_share > 0``) needs it.
+
+    Returns:
+        ``{"threshold", "froc_threshold" (None stays None), "iou_threshold", "contrast_hu", "contrast_min_share"}``.
+
+    Raises:
+        ValueError: a setting is not a finite number or numeric string, or lies outside its range (names it);
+            the contrast filter is on without ``image_dir``.
+    """
+    share = real_number(contrast_min_share, "contrast_min_share")
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"contrast_min_share must lie in [0, 1] (0: no contrast filter), got {share:g}")
+    if share and image_dir is None:
+        raise ValueError("the contrast filter (contrast_min_share > 0) needs image_dir, the studies' HU images")
+    return {
+        "threshold": check_probability_threshold(threshold, "threshold"),
+        "froc_threshold": None if froc_threshold is None else check_probability_threshold(froc_threshold, "froc_threshold"),
+        "iou_threshold": check_iou_threshold(iou_threshold, "iou_threshold"),
+        "contrast_hu": real_number(contrast_hu, "contrast_hu"),
+        "contrast_min_share": share,
+    }
 
 
 def score_directories(
@@ -226,27 +291,30 @@ def score_directories(
     Args:
         pred_dir: prediction folder.
         reference_dir: reference folder.
-        threshold: detection voxels are ``prediction >= threshold``.
+        threshold: detection voxels are ``prediction >= threshold``; in (0, 1].
         kind: which prediction file to use (:func:`pair_studies`).
         froc_threshold: binarisation threshold of the FROC candidates (default: ``threshold``, so the curve
-            ends at the cluster operating point; lower it for a longer curve).
-        iou_threshold: strict variant.
+            ends at the cluster operating point; lower it for a longer curve); in (0, 1].
+        iou_threshold: strict variant; in [0, 1).
         reduction: FROC detection confidence, ``"max"`` or ``"mean"``.
         fp_rates: FP-per-study rates of the FROC average sensitivity.
         image_dir: folder of the studies' images ``<uid>.nii.gz`` in HU; needed when ``contrast_min_share > 0``.
         contrast_hu: CT value of contrast-filled blood (the contrast filter).
         contrast_min_share: remove detections (at ``threshold``) whose shell is less than this share
-            contrast-filled before scoring; ``0`` scores the predictions as they are.
+            contrast-filled before scoring, in [0, 1]; ``0`` scores the predictions as they are.
 
     Returns:
         The report dict (NaN for undefined rates).
 
     Raises:
-        InputError: unreadable file, prediction on another grid than its reference (names both), NaN, a
-            missing image when the contrast filter is on.
+        ValueError: a numeric setting is not a number in its range (:func:`check_settings`), or the contrast
+            filter is on without ``image_dir``.
+        InputError: unreadable file, prediction on another grid than its reference (names both), a NaN or
+            infinite voxel in a prediction, reference or image, a missing image when the contrast filter is on.
     """
-    if contrast_min_share and image_dir is None:
-        raise ValueError("the contrast filter (contrast_min_share > 0) needs image_dir, the studies' HU images")
+    checked = check_settings(threshold, froc_threshold, iou_threshold, contrast_hu, contrast_min_share, image_dir)
+    threshold, froc_threshold, iou_threshold = checked["threshold"], checked["froc_threshold"], checked["iou_threshold"]
+    contrast_hu, contrast_min_share = checked["contrast_hu"], checked["contrast_min_share"]
     pairs, without_reference = pair_studies(pred_dir, reference_dir, kind)
     per_study: dict[str, Any] = {}
     cluster, strict, froc_scores = ClusterCounts(), ClusterCounts(), []

@@ -31,7 +31,7 @@ import numpy as np
 import torch.distributed as dist
 
 from custom.io.errors import InputError
-from custom.metrics.cluster_matching import ClusterCounts, cluster_overlaps, count_matches
+from custom.metrics.cluster_matching import ClusterCounts, cluster_overlaps, count_matches, real_number
 from custom.metrics.scoring import StudyFiles, read_pair, write_report
 from custom.student.outputs import entry_uid, student_output_paths
 
@@ -185,16 +185,20 @@ def load_calibration(path: str | os.PathLike) -> dict[str, Any]:
     """A calibration file written by :func:`calibrate_student_threshold`, checked.
 
     Raises:
-        InputError: the file is missing, not JSON, or holds no threshold in (0, 1).
+        InputError: the file is missing, not JSON, or holds no threshold in (0, 1) (a JSON number: a string,
+            a boolean or null is refused).
     """
     path = Path(path)
     try:
         calibration = json.loads(path.read_text())
-        threshold = float(calibration["threshold"])
+        value = calibration["threshold"]
     except FileNotFoundError:
         raise InputError(f"{path}: no student threshold calibration (run the bundle's calibrate config)") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise InputError(f"{path}: not a student threshold calibration ({error!r})") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{path}: threshold {value!r} is not a number")
+    threshold = float(value)
     if not 0.0 < threshold < 1.0:
         raise InputError(f"{path}: threshold {threshold} is not in (0, 1)")
     calibration["threshold"] = threshold
@@ -206,18 +210,22 @@ def read_threshold(ckpt_dir: str | os.PathLike, default: float = 0.5) -> float:
 
     Args:
         ckpt_dir: the folder of the weights.
-        default: the threshold of an uncalibrated model.
+        default: the threshold of an uncalibrated model, in (0, 1) (a numeric string is converted).
 
     Returns:
         The threshold, in (0, 1).
 
     Raises:
+        ValueError: ``default`` is not a number in (0, 1) (checked whether or not the file exists).
         InputError: the file exists but is not a valid calibration (:func:`load_calibration`), or it was
             calibrated for other weights than the ``model.pt`` now in ``ckpt_dir`` (retrained since).
     """
+    default = real_number(default, "default threshold")
+    if not 0.0 < default < 1.0:
+        raise ValueError(f"default threshold must lie in (0, 1), got {default:g}")
     path = Path(ckpt_dir) / THRESHOLD_FILE
     if not path.is_file():
-        return float(default)
+        return default
     calibration = load_calibration(path)
     weights = Path(ckpt_dir) / WEIGHTS_FILE
     if calibration.get("weights_sha256") and weights.is_file() and _sha256(weights) != calibration["weights_sha256"]:

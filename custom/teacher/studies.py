@@ -87,6 +87,19 @@ def study_uid(entry: Mapping[str, Any]) -> str:
     return name
 
 
+def _check_finite(array: np.ndarray, path: str, what: str) -> None:
+    """Raise an :class:`InputError` naming ``path`` and the count when ``array`` holds NaN or infinite voxels."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if n_bad:
+        n_nan = int(np.count_nonzero(np.isnan(array)))
+        raise InputError(
+            f"{path}: the {what} contains NaN or infinite values "
+            f"({n_bad} of {array.size} voxels: {n_nan} NaN, {n_bad - n_nan} infinite)"
+        )
+
+
 def read_windowed_image(entry: Mapping[str, Any], window: Sequence[float] = (100.0, 700.0)) -> tuple[np.ndarray, np.ndarray]:
     """The study's HU image windowed to [0, 1] like the classifier's input, and its affine.
 
@@ -107,8 +120,7 @@ def read_windowed_image(entry: Mapping[str, Any], window: Sequence[float] = (100
         raise InputError(f"{path}: cannot read the image ({type(error).__name__}: {error})") from error
     if hu.size == 0:
         raise InputError(f"{path}: empty image of shape {hu.shape}")
-    if np.issubdtype(hu.dtype, np.floating) and not np.isfinite(hu).all():
-        raise InputError(f"{path}: the image contains NaN or infinite values")
+    _check_finite(hu, path, "image")
     return window_hu(hu, float(window[0]), float(window[1])), affine
 
 
@@ -121,7 +133,8 @@ def read_reference_mask(entry: Mapping[str, Any], shape: Sequence[int], label_ke
         label_key: key of the mask path.
 
     Raises:
-        InputError: no mask path, an unreadable file, or a shape other than ``shape``.
+        InputError: no mask path, an unreadable file, a shape other than ``shape``, or NaN / infinite voxels
+            (a NaN is nonzero, so it would count as PE; the message gives their number).
     """
     if not entry.get(label_key):
         raise InputError(f"{entry.get('image', study_uid(entry))}: the datalist entry has no {label_key!r} mask")
@@ -132,4 +145,5 @@ def read_reference_mask(entry: Mapping[str, Any], shape: Sequence[int], label_ke
         raise InputError(f"{path}: cannot read the reference mask ({type(error).__name__}: {error})") from error
     if tuple(mask.shape) != tuple(shape):
         raise InputError(f"{path}: reference mask of shape {mask.shape} but the study is {tuple(shape)}")
+    _check_finite(mask, path, "reference mask")
     return (mask != 0).astype(np.uint8)
