@@ -5,14 +5,17 @@
 
 The network, its window and its weights come from the bundle (``configs`` + ``models/model.pt``).
 Embolus masks: ``--mask_dir/<uid>.nii.gz`` when given (the synthetic cohort's true masks), else the
-datalist's reference ``label`` masks (filled boxes on real data).
+datalist's reference ``label`` masks (filled boxes on real data). A positive study without a reference
+``label`` (no boxes on real data) is skipped and counted in the output's ``skipped_no_mask``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import fire
 import numpy as np
@@ -25,7 +28,34 @@ from custom.explain.pointing_game import pointing_game
 from custom.io.atomic import write_json_atomic
 from custom.io.nifti import read_volume
 
+__all__ = ["main", "positive_studies"]
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def positive_studies(
+    entries: list[dict[str, Any]], dataset_dir: str, window: tuple[float, float], mask_dir: str | None = None
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    """``(windowed volume, embolus mask)`` of the entries with a positive slice, and the uids skipped for want of a mask.
+
+    Without ``mask_dir`` the mask is the entry's reference ``label``; a positive entry without one is skipped
+    (as :mod:`custom.pipeline.results` does).
+    """
+    studies: list[tuple[np.ndarray, np.ndarray]] = []
+    skipped: list[str] = []
+    for entry in entries:
+        if not any(entry.get("slice_labels", [])):
+            continue
+        if mask_dir:
+            mask_path = Path(mask_dir) / f"{entry['study_uid']}.nii.gz"
+        elif entry.get("label"):
+            mask_path = Path(dataset_dir) / entry["label"]
+        else:
+            skipped.append(str(entry.get("study_uid", entry.get("image"))))
+            continue
+        image = os.path.join(dataset_dir, entry["image"])
+        studies.append((window_hu(read_volume(image)[0], *window), read_volume(mask_path)[0] > 0))
+    return studies, skipped
 
 
 def main(
@@ -41,7 +71,8 @@ def main(
     n_steps: int = 16,
     tolerance_px: float = 3.0,
 ) -> None:
-    """Write ``{"hit_rate", "hits", "total", "median_distance_px", ...}`` to ``out``."""
+    """Write ``{"hit_rate", "hits", "total", "median_distance_px", "skipped_no_mask", ...}`` to ``out`` (strict JSON:
+    ``hit_rate`` is ``null`` without a positive slice to explain)."""
     files = json.loads(config_files) if isinstance(config_files, str) else list(config_files)
     parser = ConfigParser()
     parser.read_config([str(REPO / "bundles" / "classifier" / "configs" / f) for f in files])
@@ -52,19 +83,17 @@ def main(
     network.eval()
     window = parser.get_parsed_content("window")
     entries = json.loads(Path(datalist).read_text())[data_list_key]
-    studies = []
-    for entry in entries:
-        if not any(entry.get("slice_labels", [])):
-            continue
-        image = os.path.join(dataset_dir, entry["image"])
-        mask_path = Path(mask_dir) / f"{entry['study_uid']}.nii.gz" if mask_dir else Path(dataset_dir) / entry["label"]
-        studies.append((window_hu(read_volume(image)[0], *window), read_volume(mask_path)[0] > 0))
+    studies, skipped = positive_studies(entries, dataset_dir, window, mask_dir)
+    if skipped:
+        print(f"pointing game: skipped {len(skipped)} positive {data_list_key} studies without a reference mask: "
+              f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
     explainer = IntegratedGradientsExplainer(network, n_steps=n_steps, references=("fill",),
                                              fill_value=float(parser.get_parsed_content("cutout_fill")))
     result = pointing_game(explainer, studies, tolerance_px=tolerance_px, max_slices_per_study=slices_per_study)
-    summary = {"hit_rate": result.hit_rate, "hits": result.hits, "total": result.total,
+    summary = {"hit_rate": result.hit_rate if result.total else None, "hits": result.hits, "total": result.total,
                "median_distance_px": float(np.median(result.distances_px)) if result.distances_px else None,
-               "tolerance_px": tolerance_px, "n_steps": n_steps, "studies": len(studies), "masks": "true" if mask_dir else "reference boxes"}
+               "tolerance_px": tolerance_px, "n_steps": n_steps, "studies": len(studies), "skipped_no_mask": len(skipped),
+               "masks": "true" if mask_dir else "reference boxes"}
     write_json_atomic(out, summary)
     print(json.dumps(summary))
 

@@ -146,3 +146,29 @@ def test_verify_net_in_out(tiny_bundle, tmp_path):
     _run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", str(configs / "metadata.json"),
           "--config_file", str(configs / "train.json"), "--network_def#model_name", "tf_efficientnetv2_b0",
           "--network_def#feature_stage", "2"], cwd=tmp_path)
+
+
+def test_training_and_validation_datasets_require_labels_and_name_their_split(tiny_bundle, tmp_path):
+    """train.json builds its datasets with ``require_labels`` and names the datalist split in errors."""
+    from monai.bundle import ConfigParser
+
+    from custom.io.errors import InputError
+
+    datalist = json.loads((tiny_bundle / "data" / "datalist.json").read_text())
+    unlabelled = dict(datalist["validation"][0])
+    del unlabelled["slice_labels"]
+    cases = {
+        "training": ({**datalist, "training": datalist["training"] + [unlabelled]}, "no slice_labels"),
+        "validation": ({**datalist, "validation": []}, "['validation']: no studies"),
+    }
+    for split, (content, message) in cases.items():
+        path = tmp_path / f"{split}.json"
+        path.write_text(json.dumps(content))
+        parser = ConfigParser()
+        parser.read_config(str(tiny_bundle / "configs" / "train.json"))
+        parser.update({"datalist": str(path), "dataset_dir": str(tiny_bundle / "data")})
+        key = "train#dataset" if split == "training" else "validate#dataset"
+        with pytest.raises(RuntimeError) as raised:  # MONAI wraps the dataset's error when it instantiates it
+            parser.get_parsed_content(key)
+        cause = raised.value.__cause__
+        assert isinstance(cause, InputError) and message in str(cause), repr(cause)

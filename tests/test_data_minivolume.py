@@ -109,3 +109,105 @@ def test_balanced_sampler_draws_both_classes_equally(tmp_path):
     dataset = MiniVolumeDataset(data)
     drawn = dataset.labels[list(balanced_slice_sampler(dataset, num_samples=4000, seed=1))]
     assert 0.45 < drawn.mean() < 0.55
+
+
+# ------------------------------------------------------------------ labels (unlabelled data is not training data)
+
+
+@pytest.mark.parametrize("bad", [[0, 2, 0, 0], [0, -1, 0, 0], [0, 0.5, 0, 0], ["0", "1", "0", "0"], [0, None, 0, 0], 1])
+def test_slice_labels_must_be_zero_or_one(tmp_path, bad):
+    entry = _study(tmp_path, "a", 4, set())
+    entry["slice_labels"] = bad
+    with pytest.raises(InputError, match=r"a\.nii\.gz: slice.labels must be .*0.*1.*\(study a\)"):
+        MiniVolumeDataset([entry])
+
+
+def test_boolean_and_float_zero_one_labels_are_accepted(tmp_path):
+    entry = _study(tmp_path, "a", 4, set())
+    entry["slice_labels"] = [False, True, 0.0, 1.0]
+    assert MiniVolumeDataset([entry]).labels.tolist() == [0, 1, 0, 1]
+
+
+def test_require_labels_refuses_an_entry_without_slice_labels(tmp_path):
+    labelled, unlabelled = _study(tmp_path, "a", 4, {1}), _study(tmp_path, "b", 4, set())
+    unlabelled.pop("slice_labels")
+    with pytest.raises(InputError, match=r"b\.nii\.gz: no slice_labels in its datalist\.json\['training'\] entry \(study b\)"):
+        MiniVolumeDataset([labelled, unlabelled], require_labels=True, source="datalist.json['training']")
+
+
+def test_sampler_refuses_unlabelled_slices_naming_the_study(tmp_path):
+    labelled, unlabelled = _study(tmp_path, "a", 4, {1}), _study(tmp_path, "b", 4, set())
+    unlabelled.pop("slice_labels")
+    dataset = MiniVolumeDataset([labelled, unlabelled])  # inference-style: -1 labels
+    with pytest.raises(InputError, match=r"4 slices without a 0/1 label \(values \[-1\]\) in studies \['b'\]"):
+        balanced_slice_sampler(dataset, num_samples=8)
+
+
+@pytest.mark.parametrize("labels", [[0, -1, 1], [0, 2, 1], [0.0, 0.5, 1.0], ["0", "1"]])
+def test_balanced_weights_refuse_labels_other_than_zero_and_one(labels):
+    with pytest.raises(ValueError, match="slice labels must be 0 or 1"):
+        balanced_slice_weights(np.array(labels))
+
+
+# ------------------------------------------------------------------ images and arguments
+
+
+def _float_study(tmp_path, name, volume):
+    write_volume(tmp_path / name, volume.astype(np.float32), np.eye(4))
+    return {"image": str(tmp_path / name), "study_uid": name, "slice_labels": [0] * volume.shape[0]}
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_hu_are_refused_naming_the_file(tmp_path, value):
+    volume = np.full((4, 8, 8), -1000.0)
+    volume[2, 3, 3] = value
+    with pytest.raises(InputError, match=r"bad\.nii\.gz: the image contains NaN or infinite values \(1 of 256 voxels"):
+        MiniVolumeDataset([_float_study(tmp_path, "bad.nii.gz", volume)])
+
+
+@pytest.mark.parametrize("value", [40000.0, -40000.0])
+def test_hu_outside_int16_are_refused_not_wrapped(tmp_path, value):
+    volume = np.full((4, 8, 8), -1000.0)
+    volume[2, 3, 3] = value
+    with pytest.raises(InputError, match=r"big\.nii\.gz: HU values from .* exceed the int16 range"):
+        MiniVolumeDataset([_float_study(tmp_path, "big.nii.gz", volume)])
+
+
+def test_float_hu_within_range_are_rounded_to_int16(tmp_path):
+    volume = np.full((4, 8, 8), -1000.0)
+    volume[2, 3, 3], volume[2, 3, 4] = 32767.0, 100.6
+    dataset = MiniVolumeDataset([_float_study(tmp_path, "ok.nii.gz", volume)])
+    assert dataset.volumes[0].dtype == np.int16
+    assert dataset.volumes[0][2, 3, 3] == 32767 and dataset.volumes[0][2, 3, 4] == 101
+
+
+def test_unreadable_images_name_the_file(tmp_path):
+    entry = _study(tmp_path, "a", 4, set())
+    noise = np.random.default_rng(0).integers(-1000, 1000, (4, 64, 64)).astype(np.int16)  # compresses badly: a long stream
+    write_volume(tmp_path / "full.nii.gz", noise, np.eye(4))
+    data = (tmp_path / "full.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])  # header intact, voxel stream cut
+    with pytest.raises(InputError, match=r"cut\.nii\.gz: cannot read the image \(EOFError"):
+        MiniVolumeDataset([{**entry, "image": str(tmp_path / "cut.nii.gz")}])
+    with pytest.raises(InputError, match=r"none\.nii\.gz: cannot read the image"):
+        MiniVolumeDataset([{**entry, "image": "none.nii.gz"}], base_dir=tmp_path)
+
+
+@pytest.mark.parametrize("depth", [-1, 0, 2, 3.0, True])
+def test_depth_must_be_a_positive_odd_integer(tmp_path, depth):
+    entry = _study(tmp_path, "a", 4, set())
+    with pytest.raises(ValueError, match="depth must be a positive odd integer"):
+        MiniVolumeDataset([entry], depth=depth)
+    with pytest.raises(ValueError, match="depth must be a positive odd integer"):
+        minivolume_indices(0, 4, depth=depth)
+
+
+def test_empty_data_names_its_source():
+    with pytest.raises(InputError, match=r"^datalist\.json\['validation'\]: no studies"):
+        MiniVolumeDataset([], source="datalist.json['validation']")
+
+
+@pytest.mark.parametrize("window", [(100, 0), (100, -5), (100, float("nan")), (float("inf"), 700)])
+def test_window_is_checked_when_the_dataset_is_built(tmp_path, window):
+    with pytest.raises(ValueError, match="window must be a finite"):
+        MiniVolumeDataset([_study(tmp_path, "a", 4, set())], window=window)

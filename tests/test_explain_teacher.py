@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -106,3 +107,44 @@ def test_bad_input_names_the_study():
     volume[0, 0, 0] = np.nan
     with pytest.raises(InputError, match="study-8: .*NaN"):
         teacher(volume, study_id="study-8")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("clf_threshold", 5.0), ("clf_threshold", -1.0), ("clf_threshold", 1.0), ("clf_threshold", float("nan")),
+        ("max_center_distance_px", -1.0), ("max_center_distance_px", 0.0), ("min_cluster_voxels", -5),
+        ("min_voxels", -1), ("min_voxels", 2.5), ("high_threshold", 0.0), ("high_threshold", float("inf")),
+        ("low_threshold", 0.5), ("low_threshold", -0.01), ("max_rounds", 0), ("max_rounds", 300),
+        ("neighbourhood", (4, 5, 5)), ("neighbourhood", (5, 5)), ("sigma", 0.0), ("mask_threshold", 0.0),
+        ("fill_value", 7.0), ("fill_value", float("nan")),
+    ],
+)
+def test_out_of_range_settings_are_refused_naming_the_setting(setting, value):
+    with pytest.raises(ValueError, match=f"^{setting} must .*got {re.escape(repr(value))}$"):
+        make_teacher(BlobDetector(), **{setting: value})
+    with pytest.raises(ValueError, match=f"^{setting} must"):
+        IExplainTeacher.output_settings(**{"high_threshold": 0.05, setting: value})
+
+
+def test_edge_settings_are_accepted_and_recorded():
+    teacher = make_teacher(BlobDetector(), clf_threshold=0.0, min_voxels=0, min_cluster_voxels=0,
+                           max_center_distance_px=float("inf"), low_threshold=0.05, fill_value=1.0)
+    assert teacher.min_voxels == 0 and teacher.max_center_distance_px == float("inf")
+    assert teacher.settings == IExplainTeacher.output_settings(
+        0.05, n_steps=N_STEPS, neighbourhood=(5, 5, 5), min_voxels=0, min_cluster_voxels=0,
+        max_center_distance_px=float("inf"), clf_threshold=0.0, low_threshold=0.05, fill_value=1.0,
+    )
+
+
+def test_factory_checks_the_settings_when_it_is_built():
+    from custom.teacher import TeacherFactory
+
+    with pytest.raises(ValueError, match="min_voxels must be non-negative, got -1"):
+        TeacherFactory(BlobDetector(), 0.05, min_voxels=-1)
+    with pytest.raises(ValueError, match="max_center_distance_px must be positive"):
+        TeacherFactory(BlobDetector(), None, max_center_distance_px=-1.0)
+    with pytest.raises(ValueError, match="clf_threshold must be a probability"):
+        TeacherFactory(BlobDetector(), 0.05, clf_threshold=5.0)
+    factory = TeacherFactory(BlobDetector(), 0.05, scale_to_grid=False, n_steps=N_STEPS, channels_last=False)
+    assert factory.output_settings(32, 32) == factory(32, 32).settings

@@ -344,3 +344,27 @@ def test_study_grids_come_from_the_headers_in_order(tmp_path):
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
     entries.append({"image": str(tmp_path / "broken.nii.gz")})
     assert _study_grids(entries) == [(16, 20), (24, 16)]  # (height, width) of the (Z, Y, X) studies; the broken one left out
+
+
+def _grids_with_a_failing_header_on_rank_one(entries, rank: int) -> list:
+    import custom.teacher.cohort as cohort
+
+    if rank == 1:  # a transient read failure on one rank only
+        real_load = cohort.nib.load
+        cohort.nib.load = lambda path, *a, **k: (_ for _ in ()).throw(OSError("transient")) if "c.nii" in str(path) else real_load(path, *a, **k)
+    return cohort._agreed_study_grids(entries)
+
+
+def test_ranks_measure_rank_zeros_study_grids_even_when_a_header_fails_on_one_rank(tmp_path):
+    import functools
+
+    import numpy as np
+
+    from custom.io.nifti import write_volume
+
+    entries = []
+    for name, shape in [("a", (4, 16, 20)), ("c", (4, 24, 16))]:
+        write_volume(tmp_path / f"{name}.nii.gz", np.zeros(shape, dtype=np.int16), np.eye(4))
+        entries.append({"image": str(tmp_path / f"{name}.nii.gz")})
+    results = _on_two_gloo_ranks(functools.partial(_grids_with_a_failing_header_on_rank_one, entries), tmp_path)
+    assert results[0] == results[1] == [(16, 20), (24, 16)]  # rank 1 alone would have left (24, 16) out

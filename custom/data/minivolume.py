@@ -5,22 +5,32 @@ slice of a study, including the outermost ones, gets a mini-volume of the same d
 channel is that slice. The teacher's sliding window (``custom.explain``) uses the same rule.
 
 HU windowing maps ``[center - width / 2, center + width / 2]`` linearly to ``[0, 1]`` and clips.
+
+:class:`MiniVolumeDataset` keeps each study as int16 HU, the type ``prepare`` writes: an image with
+NaN / infinite values or HU outside the int16 range is refused (naming the file) rather than cast.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from nibabel.filebasedimages import ImageFileError
 from torch.utils.data import Dataset
 
 from custom.io.errors import InputError
 from custom.io.nifti import read_volume
 
 __all__ = ["MiniVolumeDataset", "minivolume_indices", "window_hu", "extract_minivolume"]
+
+#: Errors that reading a corrupt or missing NIfTI file raises (nibabel, gzip, the file system).
+_READ_ERRORS = (OSError, EOFError, ValueError, ImageFileError, zlib.error)
+_INT16 = np.iinfo(np.int16)
 
 
 def window_hu(volume: np.ndarray | torch.Tensor, center: float, width: float) -> np.ndarray | torch.Tensor:
@@ -42,6 +52,13 @@ def window_hu(volume: np.ndarray | torch.Tensor, center: float, width: float) ->
     return np.clip((np.asarray(volume, dtype=np.float32) - low) / width, 0.0, 1.0).astype(np.float32, copy=False)
 
 
+def _check_depth(depth: Any) -> int:
+    """``depth`` as an int; a ValueError unless it is a positive odd integer (a mini-volume has a centre slice)."""
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1 or depth % 2 != 1:
+        raise ValueError(f"mini-volume depth must be a positive odd integer, got {depth!r}")
+    return int(depth)
+
+
 def minivolume_indices(center: int, n_slices: int, depth: int = 7) -> np.ndarray:
     """Slice indices of the mini-volume centred on ``center`` (study ends replicated).
 
@@ -53,8 +70,7 @@ def minivolume_indices(center: int, n_slices: int, depth: int = 7) -> np.ndarray
     Returns:
         ``depth`` indices, clipped to ``[0, n_slices - 1]``.
     """
-    if depth % 2 != 1:
-        raise ValueError(f"mini-volume depth must be odd, got {depth}")
+    depth = _check_depth(depth)
     if not 0 <= center < n_slices:
         raise IndexError(f"slice {center} outside a study of {n_slices} slices")
     half = depth // 2
@@ -66,6 +82,45 @@ def extract_minivolume(volume_zyx: np.ndarray, center: int, depth: int = 7) -> n
     return volume_zyx[minivolume_indices(center, volume_zyx.shape[0], depth)]
 
 
+def _read_hu(path: str) -> np.ndarray:
+    """The ``(Z, Y, X)`` HU volume at ``path`` as int16 (rounded), or an InputError naming the file."""
+    try:
+        volume, _ = read_volume(path)
+    except _READ_ERRORS as error:
+        raise InputError(f"{path}: cannot read the image ({type(error).__name__}: {error})") from error
+    if volume.size == 0:
+        raise InputError(f"{path}: empty image of shape {volume.shape}")
+    if volume.dtype == np.int16:
+        return volume
+    if not np.issubdtype(volume.dtype, np.number) or np.issubdtype(volume.dtype, np.complexfloating):
+        raise InputError(f"{path}: expected HU numbers, got {volume.dtype} voxels")
+    if np.issubdtype(volume.dtype, np.floating):
+        bad = ~np.isfinite(volume)
+        if bad.any():
+            n_nan = int(np.count_nonzero(np.isnan(volume)))
+            raise InputError(f"{path}: the image contains NaN or infinite values "
+                             f"({int(bad.sum())} of {volume.size} voxels: {n_nan} NaN)")
+        volume = np.rint(volume)
+    low, high = volume.min(), volume.max()
+    if low < _INT16.min or high > _INT16.max:
+        raise InputError(f"{path}: HU values from {low:g} to {high:g} exceed the int16 range "
+                         f"[{_INT16.min}, {_INT16.max}] of prepared images (not HU? a wrong rescale?)")
+    return volume.astype(np.int16)
+
+
+def _slice_labels(values: Any, n_slices: int, path: str, uid: str) -> np.ndarray:
+    """``values`` as an int64 array of ``n_slices`` 0/1 labels, or an InputError naming the file and study."""
+    if not isinstance(values, (list, tuple, np.ndarray)):
+        raise InputError(f"{path}: slice_labels must be a list of 0/1, got {type(values).__name__} (study {uid})")
+    array = np.asarray(values, dtype=object).reshape(-1)
+    if array.size != n_slices:
+        raise InputError(f"{path}: {n_slices} slices but {array.size} slice labels (study {uid})")
+    bad = sorted({repr(v) for v in array.tolist() if not isinstance(v, numbers.Real) or v not in (0, 1)})
+    if bad:
+        raise InputError(f"{path}: slice labels must be 0 or 1, got {', '.join(bad[:5])} (study {uid})")
+    return array.astype(np.int64)
+
+
 class MiniVolumeDataset(Dataset):
     """One item per slice of every study in a datalist: the windowed mini-volume and the slice label.
 
@@ -73,15 +128,25 @@ class MiniVolumeDataset(Dataset):
 
     Args:
         data: datalist entries (``custom`` conventions: ``image``, ``study_uid``, ``slice_labels``),
-            with ``image`` already an absolute path or relative to ``base_dir``. Entries without
-            ``slice_labels`` (inference) get label -1 on every slice.
+            with ``image`` already an absolute path or relative to ``base_dir``. Slice labels must be
+            0 or 1; entries without ``slice_labels`` (inference) get label -1 on every slice unless
+            ``require_labels``.
         window: ``(center, width)`` HU window.
-        depth: slices per mini-volume.
+        depth: slices per mini-volume (a positive odd integer).
         transform: a MONAI dictionary transform applied to ``{"image": (depth, H, W), "label": (1,)}``.
         base_dir: directory that relative ``image`` paths are relative to.
+        require_labels: refuse entries without ``slice_labels`` (training and validation data;
+            :func:`custom.data.balanced_slice_sampler` refuses unlabelled slices as well).
+        source: where ``data`` comes from, for error messages (e.g. ``"datalist.json['training']"``).
 
     Items are dictionaries with ``image`` (float32 tensor ``(depth, H, W)``), ``label`` (float32
     tensor ``(1,)``), ``study_uid`` and ``slice_index``.
+
+    Raises:
+        InputError: no entries, or an entry's image cannot be read, holds NaN / infinite HU or HU
+            outside the int16 range, or its slice labels are missing (``require_labels``), not 0/1,
+            or not one per slice; the message names the file.
+        ValueError: a bad ``depth`` or ``window``.
     """
 
     def __init__(
@@ -91,27 +156,37 @@ class MiniVolumeDataset(Dataset):
         depth: int = 7,
         transform: Callable[[dict], dict] | None = None,
         base_dir: str | os.PathLike | None = None,
+        require_labels: bool = False,
+        source: str | None = None,
     ) -> None:
+        where = source or "datalist"
         if len(data) == 0:
-            raise InputError("datalist: no studies to build mini-volumes from")
+            raise InputError(f"{where}: no studies to build mini-volumes from (is the datalist split empty?)")
+        self.depth = _check_depth(depth)
         self.window = (float(window[0]), float(window[1]))
-        self.depth = depth
+        if not (np.isfinite(self.window).all() and self.window[1] > 0):
+            raise ValueError(f"window must be a finite (center, width) with a positive width, got {tuple(window)}")
         self.transform = transform
         self.volumes: list[np.ndarray] = []
         self.study_uids: list[str] = []
         index: list[tuple[int, int]] = []
         labels: list[int] = []
         for study, entry in enumerate(data):
+            if "image" not in entry:
+                raise InputError(f"{where}: entry {study} ({entry.get('study_uid', 'no study_uid')}) has no 'image'")
             path = str(entry["image"])
             if base_dir is not None and not os.path.isabs(path):
                 path = os.path.join(os.fspath(base_dir), path)
-            volume, _ = read_volume(path)
-            # unlabelled studies (inference) get -1 for every slice
-            slice_labels = np.asarray(entry.get("slice_labels", [-1] * volume.shape[0]), dtype=np.int64)
-            if slice_labels.shape != (volume.shape[0],):
-                raise InputError(f"{path}: {volume.shape[0]} slices but {slice_labels.size} slice labels")
-            self.volumes.append(volume.astype(np.int16, copy=False))
-            self.study_uids.append(str(entry.get("study_uid", os.path.basename(path))))
+            volume = _read_hu(path)
+            uid = str(entry.get("study_uid", os.path.basename(path)))
+            if "slice_labels" in entry:
+                slice_labels = _slice_labels(entry["slice_labels"], volume.shape[0], path, uid)
+            elif require_labels:
+                raise InputError(f"{path}: no slice_labels in its {where} entry (study {uid}); training needs them")
+            else:  # unlabelled studies (inference) get -1 for every slice
+                slice_labels = np.full(volume.shape[0], -1, dtype=np.int64)
+            self.volumes.append(volume)
+            self.study_uids.append(uid)
             index.extend((study, k) for k in range(volume.shape[0]))
             labels.extend(slice_labels.tolist())
         self.index = np.asarray(index, dtype=np.int64)

@@ -17,6 +17,8 @@ import torch
 from monai.data import DistributedWeightedRandomSampler
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
+from custom.io.errors import InputError
+
 __all__ = ["balanced_slice_weights", "balanced_slice_sampler"]
 
 
@@ -42,10 +44,19 @@ def balanced_slice_weights(
 
     Returns:
         float64 weights summing to 1.
+
+    Raises:
+        ValueError: ``labels`` is empty, not 1D, or holds a value other than 0 and 1 (an unlabelled
+            slice's -1 is not a negative).
     """
-    labels = np.asarray(labels).astype(bool)
-    if labels.ndim != 1 or labels.size == 0:
+    values = np.asarray(labels)
+    if values.ndim != 1 or values.size == 0:
         raise ValueError("labels must be a non-empty 1D sequence")
+    if values.dtype != bool:
+        if not np.issubdtype(values.dtype, np.number) or not np.isin(values, (0, 1)).all():
+            bad = values[~np.isin(values, (0, 1))] if np.issubdtype(values.dtype, np.number) else values
+            raise ValueError(f"slice labels must be 0 or 1, got {', '.join(sorted({repr(v) for v in bad.tolist()})[:5])}")
+    labels = values.astype(bool)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     weights = np.zeros(labels.size, dtype=np.float64)
     if n_pos == 0 or n_neg == 0:
@@ -80,8 +91,21 @@ def balanced_slice_sampler(
         match_levels: weight negatives by the positives' level histogram.
         distributed: shard across ranks with MONAI's ``DistributedWeightedRandomSampler``.
         seed: sampling seed.
+
+    Raises:
+        InputError: a slice of the dataset has no 0/1 label (an unlabelled study's -1), naming the studies.
     """
-    weights = balanced_slice_weights(dataset.labels, dataset.levels if match_levels else None)
+    labels = np.asarray(dataset.labels)
+    unlabelled = ~np.isin(labels, (0, 1))
+    if unlabelled.any():
+        index, uids = getattr(dataset, "index", None), getattr(dataset, "study_uids", None)
+        studies = sorted({uids[int(s)] for s in np.asarray(index)[unlabelled, 0]}) if index is not None and uids else []
+        raise InputError(
+            f"training data: {int(unlabelled.sum())} slices without a 0/1 label (values {sorted(set(labels[unlabelled].tolist()))[:5]})"
+            + (f" in studies {studies[:5]}{' ...' if len(studies) > 5 else ''}" if studies else "")
+            + ": every training study needs slice_labels"
+        )
+    weights = balanced_slice_weights(labels, dataset.levels if match_levels else None)
     if distributed:
         return DistributedWeightedRandomSampler(
             dataset, weights=weights.tolist(), num_samples_per_rank=num_samples, shuffle=True, seed=seed

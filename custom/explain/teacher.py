@@ -14,7 +14,10 @@ Pipeline of :class:`IExplainTeacher` for a ``(Z, H, W)`` windowed study:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+import math
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,8 +185,8 @@ class IExplainTeacher:
     ) -> None:
         if windows_per_batch < 1:
             raise ValueError(f"windows_per_batch must be positive, got {windows_per_batch}")
-        if not 0.0 < mask_threshold <= 1.0:
-            raise ValueError(f"mask_threshold must be in (0, 1], got {mask_threshold}")
+        # every argument by name, checked before any work (folding, compiling) is done
+        settings = _settings_record(locals())
         self._autocast_pending = is_auto(autocast_dtype)
         self._channels_last_pending = is_auto(channels_last)
         if not self._channels_last_pending and not isinstance(channels_last, bool):
@@ -197,17 +200,17 @@ class IExplainTeacher:
         )
         #: the network of the forward-only probability passes: the explained one, eager
         self.classifier = self.explainer.network.eval()
-        self.high_threshold = float(high_threshold)
-        self.low_threshold = None if low_threshold is None else float(low_threshold)
-        self.clf_threshold = float(clf_threshold)
-        self.max_rounds = int(max_rounds)
-        self.min_voxels = int(min_voxels)
-        self.neighbourhood = tuple(int(n) for n in neighbourhood)
-        self.sigma = float(sigma)
-        self.mask_threshold = float(mask_threshold)
-        self.min_cluster_voxels = int(min_cluster_voxels)
-        self.max_center_distance_px = float(max_center_distance_px)
-        self.fill_value = float(fill_value)
+        self.high_threshold: float = settings["high_threshold"]
+        self.low_threshold: float | None = settings["low_threshold"]
+        self.clf_threshold: float = settings["clf_threshold"]
+        self.max_rounds: int = settings["max_rounds"]
+        self.min_voxels: int = settings["min_voxels"]
+        self.neighbourhood = tuple(settings["neighbourhood"])
+        self.sigma: float = settings["sigma"]
+        self.mask_threshold: float = settings["mask_threshold"]
+        self.min_cluster_voxels: int = settings["min_cluster_voxels"]
+        self.max_center_distance_px: float = settings["max_center_distance_px"]
+        self.fill_value: float = settings["fill_value"]
         self.max_batch = int(max_batch)
         self.windows_per_batch = int(windows_per_batch)
         self.autocast_dtype = self.explainer.autocast_dtype
@@ -215,15 +218,23 @@ class IExplainTeacher:
             parameter = next(classifier.parameters(), None)
             device = parameter.device if parameter is not None else torch.device("cpu")
         self.device = torch.device(device)
-        self.settings = {
-            "high_threshold": self.high_threshold, "low_threshold": self.low_threshold,
-            "clf_threshold": self.clf_threshold, "n_steps": n_steps, "method": method,
-            "references": list(references), "n_noise": n_noise, "noise_level": noise_level,
-            "blur_sigma_px": blur_sigma_px, "max_rounds": self.max_rounds, "min_voxels": self.min_voxels,
-            "neighbourhood": list(self.neighbourhood), "sigma": self.sigma, "mask_threshold": self.mask_threshold,
-            "min_cluster_voxels": self.min_cluster_voxels, "max_center_distance_px": self.max_center_distance_px,
-            "fill_value": self.fill_value,
-        }
+        #: the settings that shape the output, as written to each study's record (:meth:`output_settings`)
+        self.settings = settings
+
+    @classmethod
+    def output_settings(cls, high_threshold: float, **settings: Any) -> dict[str, Any]:
+        """The :attr:`settings` record of a teacher built with these arguments, checked, without building it.
+
+        ``settings`` are the constructor's keyword arguments (the classifier is not needed); a teacher
+        output whose recorded settings differ was made by another configuration
+        (``custom.teacher.TeacherOutputs.outdated``).
+
+        Raises:
+            ValueError: a setting is out of range (the message names it and its value).
+        """
+        bound = inspect.signature(cls.__init__).bind(None, None, high_threshold, **settings)
+        bound.apply_defaults()
+        return _settings_record(bound.arguments)
 
     @property
     def channels_last(self) -> bool:
@@ -359,6 +370,64 @@ class IExplainTeacher:
             record["mean_heatmap"] = float(mean_value)
             described.append(record)
         return described
+
+
+def _number(name: str, value: Any, integer: bool = False) -> Any:
+    """``value`` as a float (an int when ``integer``); a ValueError naming the setting otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if integer:
+        if not float(value).is_integer():
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _settings_record(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The checked ``settings`` record of :class:`IExplainTeacher` from its constructor arguments (by name)."""
+    a = arguments
+    high = _number("high_threshold", a["high_threshold"])
+    if not 0.0 < high < math.inf:
+        raise ValueError(f"high_threshold must be positive and finite, got {a['high_threshold']!r}")
+    low = None if a["low_threshold"] is None else _number("low_threshold", a["low_threshold"])
+    if low is not None and not 0.0 <= low <= high:
+        raise ValueError(f"low_threshold must be in [0, high_threshold={high:g}], got {a['low_threshold']!r}")
+    clf = _number("clf_threshold", a["clf_threshold"])
+    if not 0.0 <= clf < 1.0:
+        raise ValueError(f"clf_threshold must be a probability in [0, 1), got {a['clf_threshold']!r}")
+    max_rounds = _number("max_rounds", a["max_rounds"], integer=True)
+    if not 1 <= max_rounds <= 255:
+        raise ValueError(f"max_rounds must be in 1..255 (uint8 round map), got {a['max_rounds']!r}")
+    min_voxels = _number("min_voxels", a["min_voxels"], integer=True)
+    if min_voxels < 0:
+        raise ValueError(f"min_voxels must be non-negative, got {a['min_voxels']!r}")
+    neighbourhood = [_number("neighbourhood", n, integer=True) for n in a["neighbourhood"]]
+    if len(neighbourhood) != 3 or any(n < 1 or n % 2 == 0 for n in neighbourhood):
+        raise ValueError(f"neighbourhood must be three odd positive sizes (Z, Y, X), got {a['neighbourhood']!r}")
+    sigma = _number("sigma", a["sigma"])
+    if not 0.0 < sigma < math.inf:
+        raise ValueError(f"sigma must be positive and finite, got {a['sigma']!r}")
+    mask_threshold = _number("mask_threshold", a["mask_threshold"])
+    if not 0.0 < mask_threshold <= 1.0:
+        raise ValueError(f"mask_threshold must be in (0, 1], got {a['mask_threshold']!r}")
+    min_cluster_voxels = _number("min_cluster_voxels", a["min_cluster_voxels"], integer=True)
+    if min_cluster_voxels < 0:
+        raise ValueError(f"min_cluster_voxels must be non-negative, got {a['min_cluster_voxels']!r}")
+    max_center_distance_px = _number("max_center_distance_px", a["max_center_distance_px"])
+    if not max_center_distance_px > 0.0:
+        raise ValueError(f"max_center_distance_px must be positive (inf: no location filter), got {a['max_center_distance_px']!r}")
+    fill_value = _number("fill_value", a["fill_value"])
+    low_value, high_value = (float(v) for v in a["value_range"])
+    if not low_value <= fill_value <= high_value:
+        raise ValueError(f"fill_value must lie in the windowed value_range {[low_value, high_value]}, got {a['fill_value']!r}")
+    return {
+        "high_threshold": high, "low_threshold": low, "clf_threshold": clf, "n_steps": a["n_steps"],
+        "method": a["method"], "references": list(a["references"]), "n_noise": a["n_noise"],
+        "noise_level": a["noise_level"], "blur_sigma_px": a["blur_sigma_px"], "max_rounds": max_rounds,
+        "min_voxels": min_voxels, "neighbourhood": neighbourhood, "sigma": sigma, "mask_threshold": mask_threshold,
+        "min_cluster_voxels": min_cluster_voxels, "max_center_distance_px": max_center_distance_px,
+        "fill_value": fill_value,
+    }
 
 
 def explain_study(

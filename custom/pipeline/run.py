@@ -10,6 +10,7 @@ chooses the cohort size and each bundle's override configs. Numbers of the run g
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -22,19 +23,186 @@ from custom.io.atomic import write_json_atomic
 from custom.pipeline.datalists import annotated_datalist, student_datalist, weak_datalist
 from custom.pipeline.stages import PipelineError, Stage, StageRecord, python_command, run_stage
 
-__all__ = ["REPO", "PipelineRun", "load_profile", "run_pipeline"]
+__all__ = ["REPO", "PipelineRun", "ProfileError", "load_profile", "run_pipeline", "validate_profile"]
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = Path(__file__).resolve().parent / "profiles"
 
+SPLITS = ("training", "validation", "test")
+#: profile section -> the bundle whose configs it names
+BUNDLE_SECTIONS = {"classifier": "classifier", "teacher": "iexplain_teacher", "student": "dynunet_student",
+                   "finetune": "dynunet_student", "random_init": "dynunet_student"}
+#: bundle overrides checked when a profile sets them: key -> (kind, lowest, highest, lowest excluded, highest excluded)
+_OVERRIDE_RULES: dict[str, dict[str, tuple[str, float, float, bool, bool]]] = {
+    "classifier": {"epochs": ("int", 1, math.inf, False, False), "epoch_length": ("int", 1, math.inf, False, False),
+                   "batch_size": ("int", 1, math.inf, False, False), "val_batch_size": ("int", 1, math.inf, False, False)},
+    "teacher": {"n_steps": ("int", 2, math.inf, False, False), "calibration_max_studies": ("int", 1, math.inf, False, False)},
+    "student": {"num_iterations": ("int", 1, math.inf, False, False), "iterations_per_epoch": ("int", 1, math.inf, False, False),
+                "batch_size": ("int", 1, math.inf, False, False), "warmup_iterations": ("int", 1, math.inf, False, False),
+                "learning_rate": ("number", 0, math.inf, True, True), "sw_overlap": ("number", 0, 1, False, True)},
+}
 
-def load_profile(profile: str) -> dict[str, Any]:
-    """A profile by name (``demo``, ``full``, ``paper``) or by path to a JSON file."""
+
+class ProfileError(PipelineError, ValueError):
+    """A pipeline profile that cannot be run; the message names the profile file and the key."""
+
+
+def load_profile(profile: str, synthetic: bool = True) -> dict[str, Any]:
+    """A profile by name (``demo``, ``full``, ``paper``) or by path to a JSON file, checked (:func:`validate_profile`).
+
+    Raises:
+        PipelineError: no such profile.
+        ProfileError: the file is not valid JSON or holds a missing or bad value.
+    """
     path = Path(profile) if profile.endswith(".json") else PROFILES / f"{profile}.json"
     if not path.is_file():
         names = sorted(p.stem for p in PROFILES.glob("*.json"))
         raise PipelineError(f"unknown profile {profile!r}: expected one of {names} or a JSON file")
-    return json.loads(path.read_text())
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProfileError(f"{path}: cannot read the profile ({type(error).__name__}: {error})") from error
+    validate_profile(loaded, path, synthetic)
+    return loaded
+
+
+def validate_profile(profile: Any, source: str | os.PathLike = "profile", synthetic: bool = True) -> None:
+    """Refuse a profile with a missing key or a bad value before any stage runs.
+
+    Checks the keys the stages read (see ``custom/pipeline/profiles``): ``cohort`` (``seed``; with
+    ``synthetic`` also ``n_studies``, ``shape``, ``positive_rate``), ``split``, ``annotated_fraction``,
+    ``workers``, ``nproc_per_node``, ``pointing_game``, ``teacher_ceiling``, and each bundle section's
+    ``configs`` (files of that bundle) and ``overrides`` (the counts, sizes and rates it sets; MONAI
+    expressions, strings starting with ``$`` or ``@``, are left to the bundle).
+
+    Raises:
+        ProfileError: the first problem, as ``"<source>: <key>: <problem>"``.
+    """
+    check = _ProfileCheck(os.fspath(source))
+    root = check.mapping(profile, None)
+    cohort = check.mapping(root, "cohort")
+    check.integer(cohort, "seed", "cohort", 0)
+    check.integer(cohort, "n_studies", "cohort", 1, required=synthetic)
+    check.number(cohort, "positive_rate", "cohort", 0.0, 1.0, required=synthetic)
+    check.shape(cohort, "shape", "cohort", required=synthetic)
+    split = check.value(root, "split")
+    values = split if isinstance(split, list) else None
+    if (values is None or len(values) != 3 or not all(_is_number(v) and math.isfinite(v) and v >= 0 for v in values)
+            or abs(sum(values) - 1.0) > 1e-6):
+        check.fail("split", f"must be three non-negative fractions (training, validation, test) summing to 1, got {split!r}")
+    check.number(root, "annotated_fraction", None, 0.0, 1.0, low_open=True)
+    check.integer(root, "workers", None, 1, required=False)
+    nproc = root.get("nproc_per_node", 1)
+    if nproc != "auto" and (isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1):
+        check.fail("nproc_per_node", f"must be \"auto\" or an integer >= 1, got {nproc!r}")
+    if not isinstance(root.get("calibrate_student_threshold", True), bool):
+        check.fail("calibrate_student_threshold", f"must be true or false, got {root['calibrate_student_threshold']!r}")
+    ceiling = root.get("teacher_ceiling")
+    if isinstance(ceiling, dict):
+        thresholds = ceiling.get("high_thresholds", [])
+        if not isinstance(thresholds, list) or not all(_is_number(h) and 0 < h < math.inf for h in thresholds):
+            check.fail("teacher_ceiling.high_thresholds", f"must be a list of positive numbers, got {thresholds!r}")
+    elif ceiling is not None and not isinstance(ceiling, bool):
+        check.fail("teacher_ceiling", f"must be true, false or {{\"high_thresholds\": [...]}}, got {ceiling!r}")
+    game = check.mapping(root, "pointing_game")
+    check.integer(game, "slices_per_study", "pointing_game", 1)
+    check.integer(game, "n_steps", "pointing_game", 2)
+    for section, bundle in BUNDLE_SECTIONS.items():
+        settings = check.mapping(root, section)
+        configs = check.value(settings, "configs", section)
+        if not isinstance(configs, list) or not configs or not all(isinstance(c, str) for c in configs):
+            check.fail(f"{section}.configs", f"must be a non-empty list of config file names, got {configs!r}")
+        missing = [c for c in configs if not (REPO / "bundles" / bundle / "configs" / c).is_file()]
+        if missing:
+            check.fail(f"{section}.configs", f"{missing} not found in {REPO / 'bundles' / bundle / 'configs'}")
+        overrides = check.mapping(settings, "overrides", section)
+        rules = _OVERRIDE_RULES["student" if bundle == "dynunet_student" else section]
+        where = f"{section}.overrides"
+        for key, (kind, low, high, low_open, high_open) in rules.items():
+            if _is_expression(overrides.get(key)):
+                continue
+            if kind == "int":
+                check.integer(overrides, key, where, int(low), required=False)
+            else:
+                check.number(overrides, key, where, low, high, low_open, high_open, required=False)
+        if bundle == "dynunet_student" and not _is_expression(overrides.get("patch_size")):
+            check.shape(overrides, "patch_size", where, required=False)
+    teacher = root["teacher"]
+    keys = teacher["overrides"].get("data_list_key")
+    if keys is not None and not _is_expression(keys):
+        keys_list = [keys] if isinstance(keys, str) else keys
+        if not isinstance(keys_list, list) or not keys_list or not all(k in SPLITS for k in keys_list):
+            check.fail("teacher.overrides.data_list_key", f"must name splits among {list(SPLITS)}, got {keys!r}")
+    five = teacher.get("five_references_split", "test")
+    if five is not None and five not in SPLITS:
+        check.fail("teacher.five_references_split", f"must be null or one of {list(SPLITS)}, got {five!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _is_expression(value: Any) -> bool:
+    """A MONAI config expression or reference (``$...``, ``@...``), left to the bundle to evaluate."""
+    return isinstance(value, str) and value.startswith(("$", "@"))
+
+
+class _ProfileCheck:
+    """Typed look-ups in a profile that raise :class:`ProfileError` naming the file and the key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> None:
+        raise ProfileError(f"{self.source}: {key}: {problem}")
+
+    @staticmethod
+    def _name(where: str | None, key: str | None) -> str:
+        return ".".join(k for k in (where, key) if k) or "profile"
+
+    def value(self, parent: Mapping[str, Any], key: str, where: str | None = None) -> Any:
+        if key not in parent:
+            self.fail(self._name(where, key), "missing")
+        return parent[key]
+
+    def mapping(self, parent: Any, key: str | None, where: str | None = None) -> dict[str, Any]:
+        value = parent if key is None else self.value(parent, key, where)
+        if not isinstance(value, dict):
+            self.fail(self._name(where, key), f"must be a JSON object, got {type(value).__name__}")
+        return value
+
+    def integer(self, parent: Mapping[str, Any], key: str, where: str | None, minimum: int, required: bool = True) -> None:
+        if key not in parent and not required:
+            return
+        value = self.value(parent, key, where)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(self._name(where, key), f"must be an integer >= {minimum}, got {value!r}")
+
+    def number(
+        self, parent: Mapping[str, Any], key: str, where: str | None, low: float, high: float,
+        low_open: bool = False, high_open: bool = False, required: bool = True,
+    ) -> None:
+        if key not in parent and not required:
+            return
+        value = self.value(parent, key, where)
+        above = _is_number(value) and (value > low if low_open else value >= low)
+        below = _is_number(value) and (value < high if high_open else value <= high)
+        if not (above and below):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            self.fail(self._name(where, key), f"must be a number in {interval}, got {value!r}")
+
+    def shape(self, parent: Mapping[str, Any], key: str, where: str | None, required: bool = True) -> None:
+        """Three positive sizes ``Z,Y,X``: a ``"96,192,192"`` string or a list."""
+        if key not in parent and not required:
+            return
+        value = self.value(parent, key, where)
+        parts = value.split(",") if isinstance(value, str) else value
+        try:
+            sizes = [int(p) if isinstance(p, str) else p for p in parts] if isinstance(parts, list) else None
+        except ValueError:
+            sizes = None
+        if sizes is None or len(sizes) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
+            self.fail(self._name(where, key), f"must be three positive sizes (Z, Y, X), got {value!r}")
 
 
 def _cli_value(value: Any) -> str:
@@ -75,10 +243,10 @@ class PipelineRun:
     ) -> None:
         self.work = Path(work_dir).resolve()
         self.profile_name = profile
-        self.profile = load_profile(profile)
         if (rspect_dir is None) != (boxes_csv is None):
             raise PipelineError("give both --rspect_dir and --boxes_csv, or neither (then the synthetic cohort is made)")
         self.synthetic = rspect_dir is None
+        self.profile = load_profile(profile, self.synthetic)
         self.cohort = Path(rspect_dir).resolve() if rspect_dir else self.work / "cohort"
         self.boxes_csv = Path(boxes_csv).resolve() if boxes_csv else self.cohort / "boxes.csv"
         self.labels_csv = Path(labels_csv).resolve() if labels_csv else None
@@ -151,9 +319,16 @@ class PipelineRun:
                                  "--overrides", _cli_value(c["overrides"]),
                                  "--slices_per_study", game["slices_per_study"], "--n_steps", game["n_steps"],
                                  "--out", root / "eval" / "pointing_game.json"),
-                  summary=lambda: "hit rate {hit_rate:.2f} on {total} positive test slices".format(
-                      **json.loads((root / "eval" / "pointing_game.json").read_text()))),
+                  summary=lambda: self._pointing_game_summary(root / "eval" / "pointing_game.json")),
         ]
+
+    @staticmethod
+    def _pointing_game_summary(path: Path) -> str:
+        game = json.loads(path.read_text())
+        rate = "n/a" if game.get("hit_rate") is None else f"{game['hit_rate']:.2f}"
+        skipped = game.get("skipped_no_mask", 0)
+        return f"hit rate {rate} on {game['total']} positive test slices" + (
+            f" ({skipped} positive studies without a reference mask skipped)" if skipped else "")
 
     @staticmethod
     def _read_csv_metrics(path: Path) -> str:

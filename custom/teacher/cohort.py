@@ -2,7 +2,9 @@
 
 For each study (under ``torchrun``, rank ``r`` of ``w`` takes ``studies[r::w]``):
 
-1. skip it when ``clusters/<uid>.json`` exists (a previous run finished it);
+1. skip it when ``clusters/<uid>.json`` exists and records the current settings and window (a previous
+   run finished it); a record made with other settings, or an older one without settings, is logged
+   with the reason and the study redone (its record removed first, the files overwritten atomically);
 2. read the HU image, window it like the classifier (``custom.teacher.studies``), build the teacher
    of its grid (``custom.teacher.TeacherFactory``) and explain it (Condrea et al. 2025, 3.2);
 3. write its volumes and then its JSON atomically (``custom.teacher.TeacherOutputs``).
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import nibabel as nib
@@ -69,6 +71,22 @@ def _study_grids(studies: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
         if len(shape) == 3 and (int(shape[1]), int(shape[0])) not in grids:
             grids.append((int(shape[1]), int(shape[0])))
     return grids
+
+
+def _agreed_study_grids(studies: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """Rank 0's :func:`_study_grids`, broadcast: every rank then makes the same collective calls, even
+    when a header read fails on one rank only (a transient file-system error)."""
+    grids = [_study_grids(studies) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(grids, src=0)
+    return [tuple(grid) for grid in grids[0]]
+
+
+def _current_settings(factory: TeacherFactory) -> Callable[[Sequence[int]], dict[str, Any]] | None:
+    """The factory's ``settings`` record for a recorded study shape ``(Z, H, W)`` (``None``: it cannot say)."""
+    output_settings = getattr(factory, "output_settings", None)
+    if output_settings is None:
+        return None
+    return lambda shape: output_settings(int(shape[1]), int(shape[2]))
 
 
 def _explain_one(
@@ -119,8 +137,8 @@ def run_cohort(
     Returns:
         The index (what rank 0 writes to ``index.json``): ``studies`` (one record per requested study:
         ``study_uid``, ``status`` done / skipped / failed, ``rank``, ``seconds``), ``done`` (studies
-        whose files are complete), ``failed`` and ``world_size``. Under ``torch.distributed`` every rank
-        returns the gathered index.
+        whose files are complete and made with the current settings), ``failed`` and ``world_size``.
+        Under ``torch.distributed`` every rank returns the gathered index.
     """
     rank, world_size = _rank_and_world_size(rank, world_size)
     outputs = TeacherOutputs(output_dir)
@@ -130,16 +148,25 @@ def run_cohort(
         raise InputError(f"studies {duplicates} are listed more than once; their outputs would collide")
     records, failures = [], []
     if dist.is_available() and dist.is_initialized() and world_size > 1 and hasattr(factory, "agree_precision"):
-        for height, width in _study_grids(studies):  # the same grids in the same order on every rank
+        for height, width in _agreed_study_grids(studies):  # the same grids in the same order on every rank
             factory.agree_precision(height, width)
     shard = list(studies)[rank::world_size]
     logger.info("rank %d/%d: %d of %d studies, output %s", rank, world_size, len(shard), len(studies), outputs.root)
+    if getattr(factory, "high_threshold", 0.0) is None:  # before any record is judged (and removed) against it
+        raise ValueError("no high threshold: calibrate it (configs/calibrate.json) or set high_threshold")
+    current = _current_settings(factory)
     for entry in shard:
         uid = study_uid(entry)
-        if outputs.is_done(uid) and not overwrite:
-            logger.info("rank %d/%d: study %s skipped (%s exists)", rank, world_size, uid, outputs.path(CLUSTERS, uid))
-            records.append({"study_uid": uid, "status": STATUS_SKIPPED, "rank": rank, "seconds": None})
-            continue
+        record_path = outputs.path(CLUSTERS, uid)
+        if not overwrite and record_path.is_file():
+            reason = outputs.outdated(uid, current, window)
+            if reason is None:
+                logger.info("rank %d/%d: study %s skipped (%s exists, same settings)", rank, world_size, uid, record_path)
+                records.append({"study_uid": uid, "status": STATUS_SKIPPED, "rank": rank, "seconds": None})
+                continue
+            logger.info("rank %d/%d: study %s redone: %s", rank, world_size, uid, reason)
+            # without its record the stale files never count as done, even if redoing the study fails
+            record_path.unlink(missing_ok=True)
         try:
             seconds = _explain_one(factory, entry, outputs, window)
         except InputError as error:
@@ -158,7 +185,7 @@ def run_cohort(
     order = {uid: i for i, uid in enumerate(uids)}
     records.sort(key=lambda r: order[r["study_uid"]])
     failures.sort(key=lambda f: order[f["study_uid"]])
-    finished = set(outputs.done_studies())
+    finished = {uid for uid in uids if outputs.outdated(uid, current, window) is None}
     index = {
         "studies": records,
         "done": [uid for uid in uids if uid in finished],

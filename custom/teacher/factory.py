@@ -63,6 +63,12 @@ class TeacherFactory:
         reserved = {"classifier", "low_threshold"} & set(teacher_settings)
         if reserved:
             raise ValueError(f"{sorted(reserved)} cannot be set: the classifier is given, the low threshold is half the high one")
+        # every setting checked now, at its paper value, not when the first study is explained
+        IExplainTeacher.output_settings(
+            1.0 if high_threshold is None else high_threshold, neighbourhood=neighbourhood, min_voxels=min_voxels,
+            min_cluster_voxels=min_cluster_voxels, max_center_distance_px=max_center_distance_px,
+            blur_sigma_px=blur_sigma_px, **teacher_settings,
+        )
         # folded once here, so every grid's teacher explains (and compiles) the same network
         self.classifier = fold_batchnorm(classifier) if teacher_settings.get("fold_batchnorm", True) else classifier
         self.high_threshold = None if high_threshold is None else float(high_threshold)
@@ -96,6 +102,21 @@ class TeacherFactory:
         return scale_paper_settings(
             height, width, self.paper_size_px, paper.neighbourhood, paper.min_voxels, paper.min_cluster_voxels,
             paper.max_center_distance_px, paper.blur_sigma_px,
+        )
+
+    def output_settings(self, height: int, width: int, high_threshold: float | None = None) -> dict[str, Any]:
+        """The ``settings`` record the teacher of an ``height x width`` grid writes, without building it.
+
+        A study output whose recorded settings differ was made by another configuration and is redone
+        (``custom.teacher.run_cohort``). Raises ``ValueError`` without a high threshold, like ``__call__``.
+        """
+        threshold = self.high_threshold if high_threshold is None else float(high_threshold)
+        if threshold is None:
+            raise ValueError("no high threshold: calibrate it (configs/calibrate.json) or set high_threshold")
+        grid = self.grid_settings(height, width)
+        return IExplainTeacher.output_settings(
+            threshold, neighbourhood=grid.neighbourhood, min_voxels=grid.min_voxels, min_cluster_voxels=grid.min_cluster_voxels,
+            max_center_distance_px=grid.max_center_distance_px, blur_sigma_px=grid.blur_sigma_px, **self.teacher_settings,
         )
 
     def __call__(self, height: int, width: int, high_threshold: float | None = None) -> IExplainTeacher:

@@ -12,13 +12,16 @@ Layout of ``output_dir`` (all NIfTI on the study's grid, with the input image's 
 
 ``clusters/<uid>.json`` is written after the volumes, so its presence means the study is complete:
 a rerun skips it, and a crash leaves at most the volumes of the study in flight, which the rerun
-overwrites.
+overwrites. It also records the ``settings`` and HU ``window`` the study was made with; a study whose
+record differs from the current ones (or has no ``settings``: an older layout) is not done
+(:meth:`TeacherOutputs.outdated`), so a rerun with other settings redoes it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,11 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from the JSON record (tuples as lists, NaN as ``None``)."""
+    return json.loads(json.dumps(json_ready(value)))
+
+
 class TeacherOutputs:
     """Paths, writing and reading of one teacher output folder (see the module docstring).
 
@@ -69,9 +77,67 @@ class TeacherOutputs:
         suffix = ".json" if kind == CLUSTERS else ".nii.gz"
         return self.root / kind / f"{uid}{suffix}"
 
-    def is_done(self, uid: str) -> bool:
-        """Whether the study's files are complete (its JSON, written last, exists)."""
-        return self.path(CLUSTERS, uid).is_file()
+    def is_done(
+        self,
+        uid: str,
+        settings: Mapping[str, Any] | Callable[[Sequence[int]], Mapping[str, Any]] | None = None,
+        window: Sequence[float] | None = None,
+    ) -> bool:
+        """Whether the study's files are complete (its JSON, written last, exists) and, when ``settings``
+        or ``window`` are given, made with them (see :meth:`outdated`)."""
+        if settings is None and window is None:
+            return self.path(CLUSTERS, uid).is_file()
+        return self.outdated(uid, settings, window) is None
+
+    def outdated(
+        self,
+        uid: str,
+        settings: Mapping[str, Any] | Callable[[Sequence[int]], Mapping[str, Any]] | None = None,
+        window: Sequence[float] | None = None,
+    ) -> str | None:
+        """Why the study must be (re)done, or ``None`` when its files are complete and current.
+
+        Args:
+            uid: the study.
+            settings: the teacher's current ``settings`` record, or a function of the recorded study
+                ``shape`` ``(Z, H, W)`` that gives it (the pixel settings depend on the grid); ``None``:
+                not compared.
+            window: the current ``(level, width)`` HU window; ``None``: not compared.
+
+        Returns:
+            ``None``, or a short reason: no output, an unreadable record, an older record without
+            settings, or the settings (or window) that differ, with their recorded and current values.
+        """
+        path = self.path(CLUSTERS, uid)
+        if not path.is_file():
+            return f"no {path}"
+        if settings is None and window is None:
+            return None
+        try:
+            record = self.read_summary(uid)
+        except InputError as error:
+            return str(error)
+        recorded = record.get("settings") if isinstance(record, dict) else None
+        if not isinstance(recorded, dict) or not recorded:
+            return f"{path} records no settings (older layout)"
+        if window is not None and record.get("window") != _as_json([float(w) for w in window]):
+            return f"{path} was made with window {record.get('window')}, now {[float(w) for w in window]}"
+        if settings is None:
+            return None
+        if callable(settings):
+            shape = record.get("shape")
+            if not isinstance(shape, list) or len(shape) != 3:
+                return f"{path} records no study shape (older layout)"
+            try:
+                settings = settings(shape)
+            except (TypeError, ValueError) as error:
+                return f"{path}: no current settings for its recorded shape {shape} ({error})"
+        expected = _as_json(dict(settings))
+        changed = sorted(key for key in set(expected) | set(recorded) if expected.get(key) != recorded.get(key))
+        if changed:
+            described = ", ".join(f"{key} {recorded.get(key)!r} -> {expected.get(key)!r}" for key in changed)
+            return f"{path} was made with other settings ({described})"
+        return None
 
     def done_studies(self) -> list[str]:
         """The studies whose JSON exists, sorted."""
