@@ -48,6 +48,19 @@ def test_single_window_votes_with_gaussian_weights():
     assert float(soft[10, 0, 0] + soft[11, 0, 0]) > 0.5  # ... with one neighbouring window: over
 
 
+def test_a_non_default_sigma_changes_the_weights():
+    sigma = 2.0
+    gaussian = [math.exp(-(d**2) / (2 * sigma**2)) for d in range(-3, 4)]  # 1, 0.8825, 0.6065, 0.3247
+    np.testing.assert_allclose(slice_window_weights(7, sigma).numpy(), gaussian, rtol=1e-6)
+    maps = torch.zeros(1, 7, 1, 1)
+    maps[0, :, 0, 0] = 1.0
+    soft = aggregate_windows(maps, torch.tensor([10]), 20, sigma=sigma)[:, 0, 0].numpy()
+    expected = np.zeros(20)
+    expected[7:14] = np.asarray(gaussian) / sum(gaussian)
+    np.testing.assert_allclose(soft, expected, rtol=1e-5, atol=1e-8)
+    assert soft[10] == pytest.approx(1 / 4.6274, abs=1e-4)  # sigma 0.8 would give 0.4987
+
+
 def brute_force(maps: np.ndarray, centers: list[int], n_slices: int, weights: np.ndarray) -> np.ndarray:
     votes = np.zeros((n_slices, *maps.shape[2:]))
     received = np.zeros(n_slices)

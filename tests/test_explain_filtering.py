@@ -44,6 +44,32 @@ def test_location_filter_uses_the_in_plane_centroid():
     assert far.center_zyx == pytest.approx((1.0, 5.0, 20.0))
 
 
+def test_location_filter_is_in_plane_with_rows_then_columns():
+    mask = np.zeros((21, 41, 61), np.uint8)  # (Z, H, W): in-plane centre (row 20, column 30), 3-D centre z = 10
+    mask[0, 20, 30] = 1  # slice 0, in-plane centre: 0 px in-plane, 10 voxels in 3-D
+    mask[0, 20, 38] = 1  # 8 px off along X (columns)
+    _, clusters, _ = filter_clusters(mask, min_cluster_voxels=1, max_center_distance_px=8.0)
+    centre, off_x = clusters  # label order: raster order
+    assert centre.bbox_zyx == (0, 20, 30, 1, 21, 31) and off_x.bbox_zyx == (0, 20, 38, 1, 21, 39)
+    assert centre.center_distance_px == pytest.approx(0.0)  # swapped H/W: 14.1 px; 3-D: 10
+    assert off_x.center_distance_px == pytest.approx(8.0)  # swapped H/W: 20.6 px; 3-D: 12.8
+    assert centre.kept and off_x.kept  # at the limit is kept
+    filtered, clusters, _ = filter_clusters(mask, min_cluster_voxels=1, max_center_distance_px=7.5)
+    assert [c.removed_by for c in clusters] == [None, "off_center"]
+    assert filtered[0, 20, 30] == 1 and filtered.sum() == 1
+
+
+def test_size_filter_is_reported_before_the_location_filter():
+    mask = np.zeros((2, 41, 41), np.uint8)
+    mask[0, 0, 0] = 1  # 1 voxel, 28 px from the centre: fails both filters
+    mask[0, 18:22, 18:22] = 1  # 16 voxels at the centre
+    filtered, clusters, _ = filter_clusters(mask, min_cluster_voxels=2, max_center_distance_px=10.0)
+    assert clusters[0].voxels == 1 and clusters[0].center_distance_px > 10.0
+    assert clusters[0].removed_by == "small" and not clusters[0].kept
+    assert clusters[1].removed_by is None
+    assert filtered[0, 0, 0] == 0 and filtered.sum() == 16
+
+
 def test_empty_mask():
     filtered, clusters, labels = filter_clusters(np.zeros((2, 8, 8), np.uint8))
     assert clusters == [] and filtered.sum() == 0 and labels.max() == 0

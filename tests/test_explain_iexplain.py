@@ -123,3 +123,64 @@ def test_predict_probabilities_chunks():
     chunked = predict_probabilities(BrightClassifier(), x, max_batch=3)
     torch.testing.assert_close(whole, chunked)
     torch.testing.assert_close(whole, torch.sigmoid(20.0 * (x.flatten(1).amax(dim=1) - 0.5)))
+
+
+class FixedCubeExplainer:
+    """Heatmap = 1 on the same 64-voxel cube every round, whatever the input (IG lighting up a masked hole again)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        heatmap = torch.zeros_like(x)
+        heatmap[:, 1:5, 4:8, 4:8] = 1.0
+        return heatmap
+
+
+def test_a_round_counts_only_new_voxels():
+    x = blobs_volume([]).unsqueeze(0)
+    explainer = FixedCubeExplainer()
+    result = run(x, ConstantClassifier(3.0), explainer, min_voxels=50)
+    assert result.rounds.tolist() == [2]  # counting the whole cluster (64 >= 50) would run to the round limit
+    assert result.stop_reasons == ["few_voxels"]
+    assert result.new_voxels[0, :2].tolist() == [64, 0]
+    assert explainer.calls == 2
+    cube = torch.zeros_like(result.round_map[0], dtype=torch.bool)
+    cube[1:5, 4:8, 4:8] = True
+    assert torch.equal(result.round_map[0] == 1, cube)  # round 2 does not relabel the voxels found in round 1
+    assert torch.equal(result.mask[0], cube)
+
+
+def test_negative_is_reported_before_the_round_limit():
+    x = blobs_volume([0.9]).unsqueeze(0)  # masking the only bright cube turns the classifier negative in round 1
+    result = run(x, BrightClassifier(), BrightestExplainer(), max_rounds=1, min_voxels=65)  # all three conditions hold
+    assert result.rounds.tolist() == [1]
+    assert result.stop_reasons == ["negative"]
+
+
+def test_round_limit_is_reported_before_few_voxels():
+    x = blobs_volume([0.9, 0.8], size=3).unsqueeze(0)  # 27 new voxels < 28 and the round limit both hold
+    result = run(x, ConstantClassifier(3.0), BrightestExplainer(), max_rounds=1, min_voxels=28)
+    assert result.rounds.tolist() == [1]
+    assert result.stop_reasons == ["max_rounds"]
+
+
+def test_probability_exactly_at_the_threshold_is_negative():
+    explainer = BrightestExplainer()
+    result = run(blobs_volume([0.9]).unsqueeze(0), ConstantClassifier(0.0), explainer)  # sigmoid(0) == 0.5
+    assert result.probabilities[0, 0].item() == 0.5
+    assert result.rounds.tolist() == [0]
+    assert result.stop_reasons == ["negative"]
+    assert explainer.calls == []
+    assert not result.mask.any()
+
+
+def test_a_custom_classifier_threshold_is_used():
+    x = blobs_volume([0.9]).unsqueeze(0)
+    explainer = BrightestExplainer()
+    result = run(x, ConstantClassifier(2.0), explainer, clf_threshold=0.9)  # p = 0.88: positive only at 0.5
+    assert result.rounds.tolist() == [0] and result.stop_reasons == ["negative"]
+    assert explainer.calls == []
+    result = run(x, ConstantClassifier(2.0), BrightestExplainer(), clf_threshold=0.85, max_rounds=2)
+    assert result.rounds.tolist() == [2] and result.stop_reasons == ["max_rounds"]

@@ -143,6 +143,36 @@ def test_smoothgrad_noise_scaled_to_input_range():
     torch.testing.assert_close(no_noise(x), x)
 
 
+def test_smoothgrad_noise_is_scaled_per_minivolume():
+    """Two mini-volumes of different ranges: each one's noise std follows its own max - min, not the batch's."""
+    generator = torch.Generator().manual_seed(8)
+    x = torch.stack([0.5 * torch.rand(7, 64, 64, generator=generator), 0.4 + 0.1 * torch.rand(7, 64, 64, generator=generator)])
+    explainer = IntegratedGradientsExplainer(LinearClassifier(torch.ones(1, 7, 64, 64)), n_steps=4, n_noise=4, noise_level=0.2)
+    mean_noise = explainer(x) - x  # w = 1, reference = fill 0
+    for item in range(2):
+        spread = float(x[item].max() - x[item].min())  # about 0.5 and 0.1
+        expected_std = 0.2 * spread / 2.0  # mean of 4 independent samples
+        assert abs(float(mean_noise[item].std()) - expected_std) < 0.05 * expected_std
+    assert float(mean_noise[0].std()) > 4 * float(mean_noise[1].std())
+
+
+def test_blur_reference_is_in_plane_with_the_configured_sigma():
+    inputs = torch.zeros(2, 7, 41, 61)
+    inputs[1, 3, 20, 30] = 1.0  # one bright pixel on one channel of one mini-volume
+    blur = reference_images(inputs, ("blur",), blur_sigma_px=2.0)[0]
+    assert not blur[0].any()  # mini-volumes are not mixed
+    assert not blur[1, [0, 1, 2, 4, 5, 6]].any()  # channels (slices) are not mixed
+    spot = blur[1, 3].double()
+    assert float(spot.sum()) == pytest.approx(1.0, abs=1e-5)  # a normalised kernel
+    rows = torch.arange(41, dtype=torch.float64).view(-1, 1)
+    cols = torch.arange(61, dtype=torch.float64).view(1, -1)
+    assert float((spot * rows).sum()) == pytest.approx(20.0, abs=1e-4)  # centred where the pixel was
+    assert float((spot * cols).sum()) == pytest.approx(30.0, abs=1e-4)
+    row_std = float((spot * (rows - 20) ** 2).sum().sqrt())
+    col_std = float((spot * (cols - 30) ** 2).sum().sqrt())
+    assert row_std == pytest.approx(2.0, rel=0.05) and col_std == pytest.approx(2.0, rel=0.05)
+
+
 def test_five_references_average(model, inputs):
     explainer = IntegratedGradientsExplainer(model, n_steps=6, references=FIVE_REFERENCES, max_batch=64, seed=3)
     generator = torch.Generator().manual_seed(3)

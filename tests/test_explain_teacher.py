@@ -148,3 +148,21 @@ def test_factory_checks_the_settings_when_it_is_built():
         TeacherFactory(BlobDetector(), 0.05, clf_threshold=5.0)
     factory = TeacherFactory(BlobDetector(), 0.05, scale_to_grid=False, n_steps=N_STEPS, channels_last=False)
     assert factory.output_settings(32, 32) == factory(32, 32).settings
+
+
+def test_mask_threshold_keeps_a_vote_exactly_at_the_threshold():
+    from custom.explain.aggregation import aggregate_windows
+
+    window_maps = torch.zeros(1, 7, 1, 2, dtype=torch.uint8)
+    window_maps[0, :, 0, 0] = 1  # one window (centre 5 of 10 slices) found the voxel in round 1
+    centers = torch.tensor([5])
+    soft = aggregate_windows(window_maps > 0, centers, 10)
+    at = float(soft[5, 0, 0])  # 0.4987: the own window alone
+    above = float(np.nextafter(np.float32(at), np.float32(1.0)))
+    _, round_map = make_teacher(BlobDetector(), mask_threshold=at)._aggregate(window_maps, centers, 10, 1)
+    assert round_map[5, 0, 0] == 1 and round_map[:, 0, 1].sum() == 0  # soft >= mask_threshold
+    assert round_map[:, 0, 0].sum() == 1  # the neighbours' smaller votes are not
+    _, round_map = make_teacher(BlobDetector(), mask_threshold=above)._aggregate(window_maps, centers, 10, 1)
+    assert round_map.sum() == 0
+    _, round_map = make_teacher(BlobDetector(), mask_threshold=0.2)._aggregate(window_maps, centers, 10, 1)
+    assert round_map[:, 0, 0].nonzero()[0].tolist() == [4, 5, 6]  # 0.4987 and one window's 0.228 one slice away

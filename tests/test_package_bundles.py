@@ -86,6 +86,43 @@ def test_zip_layout_large_files_and_reproducibility(tiny_student, tmp_path) -> N
     assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == [zip_path.name]  # no temporary file left
 
 
+def _toy_bundle(root: Path) -> tuple[Path, Path]:
+    """A minimal bundle and a models folder with weights, a threshold file and a training resume state."""
+    bundle = root / "toy_bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "docs").mkdir()
+    (bundle / "configs" / "metadata.json").write_text('{"version": "0.2.0"}')
+    (bundle / "configs" / "inference.json").write_text("{}")
+    (bundle / "docs" / "README.md").write_text("# toy\n")
+    (bundle / "LICENSE").write_text("license\n")
+    models = root / "models"
+    models.mkdir()
+    (models / "model.pt").write_bytes(b"weights")
+    (models / "threshold.json").write_text('{"threshold": 0.4}')
+    (models / "checkpoint.pt").write_bytes(b"resume state")
+    return bundle, models
+
+
+def test_zip_members_have_the_fixed_date_and_leave_out_the_resume_state(tmp_path) -> None:
+    bundle, models = _toy_bundle(tmp_path)
+    zip_path = package_bundle(bundle, tmp_path / "dist", models)
+    with zipfile.ZipFile(zip_path) as archive:
+        infos = archive.infolist()
+        names = [info.filename for info in infos]
+        assert archive.read("toy_bundle/models/threshold.json") == b'{"threshold": 0.4}'
+        large_files = yaml.safe_load(archive.read("toy_bundle/large_files.yml"))
+    assert all(info.date_time == (1980, 1, 1, 0, 0, 0) for info in infos), [info.date_time for info in infos]
+    assert names[:-1] == sorted(names[:-1]) and names[-1] == "toy_bundle/large_files.yml"  # written last
+    assert "toy_bundle/models/model.pt" in names and "toy_bundle/models/threshold.json" in names
+    assert not any(name.endswith("checkpoint.pt") for name in names)
+    assert [entry["path"] for entry in large_files["large_files"]] == ["models/model.pt"]  # JSON is not a large file
+    first = zip_path.read_bytes()
+    for path in [*bundle.rglob("*"), *models.iterdir()]:  # new modification times, same contents
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    package_bundle(bundle, tmp_path / "dist", models)
+    assert zip_path.read_bytes() == first
+
+
 def test_package_errors_name_the_problem(tmp_path) -> None:
     with pytest.raises(InputError, match="missing LICENSE"):
         (tmp_path / "broken" / "configs").mkdir(parents=True)

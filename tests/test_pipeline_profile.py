@@ -101,7 +101,10 @@ def test_synthetic_cohort_keys_are_needed_only_without_an_rspect_folder(tmp_path
 
 def test_monai_expressions_in_overrides_are_left_to_the_bundle(tmp_path):
     profile = _mutated(lambda p: p["classifier"]["overrides"].update(epochs="$2 * 3", batch_size="@val_batch_size"))
-    load_profile(str(_write(tmp_path, profile)))
+    loaded = load_profile(str(_write(tmp_path, profile)))
+    overrides = loaded["classifier"]["overrides"]
+    assert overrides["epochs"] == "$2 * 3" and overrides["batch_size"] == "@val_batch_size"  # not evaluated or cast
+    assert loaded == profile
 
 
 def test_cli_prints_the_profile_error_and_exits_1(tmp_path, capsys):

@@ -37,6 +37,30 @@ def _sleeper(fp32_s: float, bf16_s: float):
     return step
 
 
+def _slow_probe_side(monkeypatch, slow: torch.dtype | None) -> list:
+    """Make the real autocast probe see ``slow`` (float32: None, or bfloat16) as clearly slower.
+
+    The probe still runs the network each time (so what it does to the network is tested); only the
+    decision is made independent of this CPU. Returns the list of probed devices.
+    """
+    import custom.precision as precision
+
+    real = precision.fastest_autocast_dtype
+    probes = []
+
+    def probe(run, device, **kwargs):
+        def step():
+            run()
+            reduced = torch.is_autocast_enabled("cpu")
+            time.sleep(0.1 if reduced == (slow is not None) else 0.0)
+
+        probes.append(str(device))
+        return real(step, device, **kwargs)
+
+    monkeypatch.setattr(precision, "fastest_autocast_dtype", probe)
+    return probes
+
+
 @pytest.mark.parametrize(
     "fp32_s, bf16_s, expected",
     [(0.03, 0.01, torch.bfloat16), (0.01, 0.03, None), (0.0200, 0.0195, None)],  # 3x faster, 3x slower, in the noise
@@ -58,13 +82,15 @@ def test_explicit_settings_skip_the_probe():
         as_autocast_dtype(torch.float64)
 
 
-def test_auto_probe_leaves_the_network_untouched():
+@pytest.mark.parametrize("slow, expected", [(None, torch.bfloat16), (torch.bfloat16, None)])
+def test_auto_probe_leaves_the_network_untouched(monkeypatch, slow, expected):
+    probes = _slow_probe_side(monkeypatch, slow)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4), torch.nn.Conv3d(4, 2, 1))
     before = {k: v.clone() for k, v in net.state_dict().items()}
     net.eval()
     chosen = resolve_autocast_dtype("auto", net, [2, 1, 8, 8, 4], "cpu", backward=True, repeats=1)
-    assert chosen in (None, torch.bfloat16)
+    assert chosen is expected and probes == ["cpu"]
     assert not net.training and all(p.grad is None for p in net.parameters())
     for key, value in net.state_dict().items():
         assert torch.equal(value, before[key])
@@ -112,13 +138,15 @@ def test_training_through_the_autocast_inferer_keeps_float32_weights_and_grads()
     assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
 
 
-def test_auto_probe_works_on_a_frozen_network_in_eval_mode():
+def test_auto_probe_works_on_a_frozen_network_in_eval_mode(monkeypatch):
     """The teacher's classifier: frozen weights, gradients to the input only (Integrated Gradients)."""
+    probes = _slow_probe_side(monkeypatch, None)
     net = torch.nn.Sequential(torch.nn.Conv2d(7, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(1))
     net(torch.zeros(1, 7, 8, 8))
     net.eval().requires_grad_(False)
     running_mean = net[1].running_mean.clone()
-    assert resolve_autocast_dtype("auto", net, [4, 7, 8, 8], "cpu", backward=True, repeats=1) in (None, torch.bfloat16)
+    assert resolve_autocast_dtype("auto", net, [4, 7, 8, 8], "cpu", backward=True, repeats=1) is torch.bfloat16
+    assert probes == ["cpu"]
     assert torch.equal(net[1].running_mean, running_mean) and not net.training
 
 
@@ -152,14 +180,17 @@ def test_auto_inferer_measures_once_on_the_first_network_call(monkeypatch):
     assert out.dtype == torch.float32 and set(net.seen) == {torch.bfloat16}
 
 
-def test_auto_inferer_really_measures_under_no_grad_for_training_probes():
+@pytest.mark.parametrize("slow, expected", [(None, torch.bfloat16), (torch.bfloat16, None)])
+def test_auto_inferer_really_measures_under_no_grad_for_training_probes(monkeypatch, slow, expected):
+    probes = _slow_probe_side(monkeypatch, slow)
     torch.manual_seed(4)
     net = _DtypeRecorder()
     inferer = AutocastInferer(SimpleInferer(), "auto", backward=True)
     with torch.no_grad():
         out = inferer(torch.randn(2, 1, 8, 8, 4), net)
-    assert not inferer.pending and inferer.dtype in (None, torch.bfloat16)
+    assert not inferer.pending and inferer.dtype is expected and probes == ["cpu"]
     assert out.dtype == torch.float32 and all(p.grad is None for p in net.parameters())
+    assert set(net.seen[-1:]) == {torch.float32 if expected is None else torch.bfloat16}  # the forward after the probe
 
 
 def test_auto_inferer_passes_rank_agreement_to_the_probe_and_a_follower_adopts_the_measured_dtype(monkeypatch):

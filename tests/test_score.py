@@ -91,6 +91,27 @@ def test_score_directories_report(tmp_path):
     assert longer["cluster"] == report["cluster"] and longer["froc"]["curve"]["sensitivity"][-1] == pytest.approx(4 / 6)
 
 
+def test_partial_detection_separates_strict_from_cluster_counts_and_iou_threshold_is_used(tmp_path):
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "labels"
+    write_volume(ref_dir / "1.2.3.nii.gz", _reference(), AFFINE)
+    prob = np.zeros(SHAPE, np.float32)
+    prob[1:3, 2:8, 2:8] = 0.9  # PE 1 exactly: IoU 1
+    prob[4, 12:15, 14:20] = 0.9  # half of PE 2 (18 of 36 voxels): IoU 0.5, not above the default 0.5
+    prob[5, 0, 0] = 0.7  # one FP
+    write_volume(pred_dir / "1.2.3_prob.nii.gz", prob, AFFINE)
+    report = score_directories(pred_dir, ref_dir, threshold=0.5)
+    assert report["cluster"] == ClusterCounts(tp=2, fp=1, fn=0).as_dict(n_studies=1)
+    assert report["strict"] == ClusterCounts(tp=1, fp=2, fn=1).as_dict(n_studies=1)
+    assert report["per_study"]["1.2.3"]["strict"] == ClusterCounts(tp=1, fp=2, fn=1).as_dict()
+    assert report["settings"]["iou_threshold"] == 0.5
+    lower = score_directories(pred_dir, ref_dir, threshold=0.5, iou_threshold=0.4)
+    assert lower["strict"] == ClusterCounts(tp=2, fp=1, fn=0).as_dict(n_studies=1)
+    assert lower["cluster"] == report["cluster"]
+    assert lower["settings"]["iou_threshold"] == 0.4
+    assert score_study(prob, _reference(), iou_threshold=0.4).strict == ClusterCounts(tp=2, fp=1, fn=0)
+    assert score_study(prob, _reference()).strict == ClusterCounts(tp=1, fp=2, fn=1)
+
+
 def test_score_study_matches_the_separate_functions():
     prob = np.zeros(SHAPE, np.float32)
     prob[1, 2:5, 2:5] = 0.8

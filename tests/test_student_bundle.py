@@ -68,7 +68,7 @@ def _cli(*args: str, cwd: Path, overrides: dict[str, str] | None = None, launche
     command = [sys.executable, *launcher, "monai.bundle", *args]
     for key, value in (overrides or {}).items():
         command += [f"--{key}", str(value)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")  # a crash at exit prints every thread's Python stack
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]

@@ -25,7 +25,7 @@ def _trainer(net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Engine:
 def test_saves_every_interval_and_resumes(tmp_path) -> None:
     path = tmp_path / "models" / "checkpoint.pt"
     net = torch.nn.DataParallel(torch.nn.Linear(3, 1))  # saved unwrapped
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)  # momentum: optimizer state to restore
     trainer = _trainer(net, optimizer)
     saver = LatestCheckpointSaver(path, {"model": net, "optimizer": optimizer, "trainer": trainer}, interval=3)
     saved_at = []
@@ -39,12 +39,29 @@ def test_saves_every_interval_and_resumes(tmp_path) -> None:
     assert state["trainer"]["iteration"] == 10
     assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary file left
 
+    for name, value in net.module.state_dict().items():  # saved at completion: the final weights
+        torch.testing.assert_close(state["model"][name], value, rtol=0, atol=0)
+
     fresh = torch.nn.Linear(3, 1)
-    fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    assert not torch.equal(fresh.weight, net.module.weight)
+    fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
     resumed = _trainer(fresh, fresh_optimizer)
     CheckpointLoader(load_path=str(path), load_dict={"model": fresh, "optimizer": fresh_optimizer, "trainer": resumed}).attach(resumed)
+    restored = {}
+
+    def record(engine: Engine) -> None:  # after the loader's own STARTED handler, before any step
+        restored["model"] = {k: v.clone() for k, v in fresh.state_dict().items()}
+        restored["momentum"] = [fresh_optimizer.state[p]["momentum_buffer"].clone() for p in fresh.parameters()]
+
+    resumed.add_event_handler(Events.STARTED, record)
     resumed.run([torch.ones(2, 3)] * 5, max_epochs=3)
     assert resumed.state.iteration == 15  # went on from iteration 10, not from 0
+    for name, value in net.module.state_dict().items():
+        torch.testing.assert_close(restored["model"][name], value, rtol=0, atol=0)
+    saved_momentum = [optimizer.state[p]["momentum_buffer"] for p in net.module.parameters()]
+    assert all(m.abs().sum() > 0 for m in saved_momentum)
+    for got, expected in zip(restored["momentum"], saved_momentum):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_invalid_settings() -> None:

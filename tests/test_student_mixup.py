@@ -28,6 +28,9 @@ def test_images_and_labels_are_mixed_with_the_same_weights() -> None:
     assert torch.allclose(images, lam * x + (1 - lam) * x[perm])
     assert torch.allclose(labels, lam * y + (1 - lam) * y[perm])
     assert torch.allclose(labels.sum(dim=1), torch.ones(4, 2, 2, 2))  # soft labels stay a distribution
+    # the batch really is mixed (the formula above would also hold for an identity permutation or weights of 1)
+    assert not torch.allclose(images, x) and not torch.allclose(labels, y)
+    assert (torch.as_tensor(perm) != torch.arange(4)).any() and (weights < 0.99).any()
 
 
 def test_seed_makes_mixing_reproducible() -> None:

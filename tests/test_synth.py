@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -259,14 +260,23 @@ def test_hu_thresholding_is_a_poor_detector():
 def test_resume_skips_finished_studies_and_rebuilds_tables(tmp_path):
     config = PhantomConfig(shape=(12, 48, 48))
     out = write_cohort(tmp_path / "R", 2, seed=2, config=config)
-    dicom = next((out / "train").rglob("*.dcm"))
+    tables = {name: (out / name).read_bytes() for name in ("train.csv", "boxes.csv", "cohort.json")}
+    kept_uid, removed_uid = (study["study_uid"] for study in json.loads(tables["cohort.json"])["studies"])
+    dicom = next((out / "train" / kept_uid).rglob("*.dcm"))
     stamp = dicom.stat().st_mtime_ns
+    removed_files = {p.relative_to(out): p.read_bytes() for p in (out / "train" / removed_uid).rglob("*.dcm")}
+    assert len(removed_files) == 12
     (out / "train.csv").unlink()
+    (out / "boxes.csv").unlink()
+    shutil.rmtree(out / "train" / removed_uid)  # the second study's DICOM series is lost
     (out / "train" / ".partial-leftover").mkdir()
     os.utime(dicom, ns=(stamp, stamp))
     write_cohort(out, 2, seed=2, config=config)
-    assert dicom.stat().st_mtime_ns == stamp
-    assert (out / "train.csv").exists()
+    assert dicom.stat().st_mtime_ns == stamp  # the finished study is skipped
+    regenerated = {p.relative_to(out): p.read_bytes() for p in (out / "train" / removed_uid).rglob("*.dcm")}
+    assert regenerated == removed_files  # the lost study is written again, identically
+    for name, content in tables.items():
+        assert (out / name).read_bytes() == content, name  # the tables are rebuilt byte for byte
     with pytest.raises(InputError, match="other settings"):
         write_cohort(out, 2, seed=3, config=config)
     with pytest.raises(InputError, match="beyond n_studies"):

@@ -46,7 +46,7 @@ SPLITS = {"training": ["s0", "s1", "s2", "s3", "bad"], "validation": ["s4", "s5"
 
 
 def _run(args, cwd, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout + proc.stderr
