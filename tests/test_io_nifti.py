@@ -52,3 +52,24 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         write_volume(tmp_path / "v.nii.gz", np.ones((2, 3, 4), np.int16), np.eye(4))
     assert (tmp_path / "v.nii.gz").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["v.nii.gz"]
+
+
+def test_read_checked_volume_names_the_file_and_the_problem(tmp_path):
+    from custom.io.errors import InputError
+    from custom.io.nifti import read_checked_volume
+
+    volume = np.zeros((3, 4, 5), np.float32)
+    write_volume(tmp_path / "ok.nii.gz", volume, np.eye(4))
+    read_back, affine = read_checked_volume(tmp_path / "ok.nii.gz", "image")
+    assert read_back.shape == (3, 4, 5) and np.array_equal(affine, np.eye(4))
+    volume[0, 0, :2] = np.nan
+    volume[1, 1, 1] = np.inf
+    write_volume(tmp_path / "nan.nii.gz", volume, np.eye(4))
+    with pytest.raises(InputError, match=r"nan\.nii\.gz: the reference mask contains NaN or infinite values \(3 of 60 voxels: 2 NaN, 1 infinite\)"):
+        read_checked_volume(tmp_path / "nan.nii.gz", "reference mask")
+    data = (tmp_path / "ok.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"cut\.nii\.gz: cannot read the image \("):
+        read_checked_volume(tmp_path / "cut.nii.gz")
+    with pytest.raises(InputError, match=r"missing\.nii\.gz: cannot read the image \("):
+        read_checked_volume(tmp_path / "missing.nii.gz")

@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import numbers
 import os
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from nibabel.filebasedimages import ImageFileError
 from torch.utils.data import Dataset
 
 from custom.io.errors import InputError
-from custom.io.nifti import read_volume
+from custom.io.nifti import read_checked_volume
 
 __all__ = ["MiniVolumeDataset", "minivolume_indices", "window_hu", "extract_minivolume"]
 
-#: Errors that reading a corrupt or missing NIfTI file raises (nibabel, gzip, the file system).
-_READ_ERRORS = (OSError, EOFError, ValueError, ImageFileError, zlib.error)
 _INT16 = np.iinfo(np.int16)
 
 
@@ -84,22 +80,12 @@ def extract_minivolume(volume_zyx: np.ndarray, center: int, depth: int = 7) -> n
 
 def _read_hu(path: str) -> np.ndarray:
     """The ``(Z, Y, X)`` HU volume at ``path`` as int16 (rounded), or an InputError naming the file."""
-    try:
-        volume, _ = read_volume(path)
-    except _READ_ERRORS as error:
-        raise InputError(f"{path}: cannot read the image ({type(error).__name__}: {error})") from error
-    if volume.size == 0:
-        raise InputError(f"{path}: empty image of shape {volume.shape}")
+    volume, _ = read_checked_volume(path, "image")
     if volume.dtype == np.int16:
         return volume
     if not np.issubdtype(volume.dtype, np.number) or np.issubdtype(volume.dtype, np.complexfloating):
         raise InputError(f"{path}: expected HU numbers, got {volume.dtype} voxels")
     if np.issubdtype(volume.dtype, np.floating):
-        bad = ~np.isfinite(volume)
-        if bad.any():
-            n_nan = int(np.count_nonzero(np.isnan(volume)))
-            raise InputError(f"{path}: the image contains NaN or infinite values "
-                             f"({int(bad.sum())} of {volume.size} voxels: {n_nan} NaN)")
         volume = np.rint(volume)
     low, high = volume.min(), volume.max()
     if low < _INT16.min or high > _INT16.max:

@@ -9,14 +9,20 @@ int16 slices: 1.07 against 4.73 ms per slice, 0.41 against 0.39 of the raw size;
 from __future__ import annotations
 
 import os
+import zlib
 
 import nibabel as nib
 import numpy as np
 from isal import igzip
+from nibabel.filebasedimages import ImageFileError
 
 from custom.io.atomic import atomic_path
+from custom.io.errors import InputError
 
-__all__ = ["GZIP_LEVEL", "read_volume", "write_volume"]
+__all__ = ["GZIP_LEVEL", "NIFTI_READ_ERRORS", "check_finite", "read_checked_volume", "read_volume", "write_volume"]
+
+NIFTI_READ_ERRORS = (OSError, EOFError, ValueError, ImageFileError, zlib.error)
+"""What reading a missing, truncated or corrupt NIfTI file raises (file system, gzip, nibabel)."""
 
 GZIP_LEVEL = 1
 """gzip level of ``.nii.gz`` writes (nibabel's default level)."""
@@ -62,3 +68,48 @@ def read_volume(path: str | os.PathLike, dtype: np.dtype | type | None = None) -
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}")
     return np.ascontiguousarray(data.transpose(2, 1, 0)), np.asarray(image.affine)
+
+
+def check_finite(array: np.ndarray, path: str | os.PathLike, what: str) -> None:
+    """Raise an :class:`~custom.io.errors.InputError` naming ``path`` and the counts when ``array`` holds
+    NaN or infinite voxels (integer arrays always pass).
+
+    Args:
+        array: the volume read from ``path``.
+        path: the file, for the message.
+        what: what the file is, for the message (``"image"``, ``"reference mask"``, ...).
+    """
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if n_bad:
+        n_nan = int(np.count_nonzero(np.isnan(array)))
+        raise InputError(
+            f"{os.fspath(path)}: the {what} contains NaN or infinite values "
+            f"({n_bad} of {array.size} voxels: {n_nan} NaN, {n_bad - n_nan} infinite)"
+        )
+
+
+def read_checked_volume(path: str | os.PathLike, what: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_volume` for input files: every problem is an :class:`~custom.io.errors.InputError`
+    naming ``path``.
+
+    Args:
+        path: the NIfTI file.
+        what: what the file is, for the messages (``"image"``, ``"reference mask"``, ...).
+
+    Returns:
+        ``(volume_zyx, affine)``, a non-empty volume without NaN or infinite voxels.
+
+    Raises:
+        InputError: the file is missing, truncated or not a 3-D NIfTI volume, is empty, or holds NaN or
+            infinite voxels.
+    """
+    try:
+        volume, affine = read_volume(path)
+    except NIFTI_READ_ERRORS as error:
+        raise InputError(f"{os.fspath(path)}: cannot read the {what} ({type(error).__name__}: {error})") from error
+    if volume.size == 0:
+        raise InputError(f"{os.fspath(path)}: empty {what} of shape {volume.shape}")
+    check_finite(volume, path, what)
+    return volume, affine

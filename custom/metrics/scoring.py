@@ -48,7 +48,7 @@ import numpy as np
 
 from custom.io.atomic import write_json_atomic
 from custom.io.errors import InputError
-from custom.io.nifti import read_volume
+from custom.io.nifti import check_finite, read_checked_volume, read_volume
 from custom.metrics.cluster_matching import (
     ClusterCounts,
     check_iou_threshold,
@@ -192,17 +192,6 @@ def score_study(
     return StudyScore(cluster, strict, froc)
 
 
-def _check_finite(array: np.ndarray, path: Path, what: str) -> None:
-    """Raise an :class:`InputError` naming ``path`` and the count when ``array`` holds NaN or infinite voxels."""
-    if not np.issubdtype(array.dtype, np.floating):
-        return
-    n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-    if n_bad:
-        n_nan = int(np.count_nonzero(np.isnan(array)))
-        raise InputError(
-            f"{path}: the {what} contains NaN or infinite values "
-            f"({n_bad} of {array.size} voxels: {n_nan} NaN, {n_bad - n_nan} infinite)"
-        )
 
 
 def read_pair(files: StudyFiles) -> tuple[np.ndarray, np.ndarray]:
@@ -223,20 +212,16 @@ def read_pair(files: StudyFiles) -> tuple[np.ndarray, np.ndarray]:
             f"(shape (Z, Y, X) {prob.shape} vs {ref.shape}; "
             f"affine {pred_affine.round(4).tolist()} vs {ref_affine.round(4).tolist()})"
         )
-    _check_finite(prob, files.prediction, "prediction")
-    _check_finite(ref, files.reference, "reference mask")
+    check_finite(prob, files.prediction, "prediction")
+    check_finite(ref, files.reference, "reference mask")
     return prob, ref
 
 
 def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """The contrast filter's HU image of a study, checked for its shape and for NaN / infinite voxels."""
-    try:
-        image, _ = read_volume(path)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: cannot read the study image for the contrast filter: {error}") from error
+    image, _ = read_checked_volume(path, "image of the contrast filter")
     if image.shape != shape:
         raise InputError(f"{path}: image shape (Z, Y, X) {image.shape} differs from its prediction's {shape}")
-    _check_finite(image, path, "image of the contrast filter")
     return image
 
 

@@ -30,8 +30,7 @@ import numpy as np
 from custom.explain.teacher import StudyExplanation
 from custom.io.atomic import write_json_atomic
 from custom.io.errors import InputError
-from custom.io.nifti import read_volume, write_volume
-from custom.teacher.studies import NIFTI_READ_ERRORS
+from custom.io.nifti import NIFTI_READ_ERRORS, read_volume, write_volume
 
 __all__ = ["CLUSTERS", "HEATMAPS", "PSEUDO", "PSEUDO_UNFILTERED", "ROUND_MAPS", "TeacherOutputs", "json_ready"]
 

@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from monai.data import load_decathlon_datalist
-from nibabel.filebasedimages import ImageFileError
 
 from custom.data.minivolume import window_hu
 from custom.io.errors import InputError
-from custom.io.nifti import read_volume
+from custom.io.nifti import read_checked_volume
 
-__all__ = ["NIFTI_READ_ERRORS", "load_studies", "read_reference_mask", "read_windowed_image", "study_uid"]
-
-#: Errors that reading a corrupt or missing NIfTI file raises (nibabel, gzip, the file system).
-NIFTI_READ_ERRORS = (OSError, EOFError, ValueError, ImageFileError, zlib.error)
+__all__ = ["load_studies", "read_reference_mask", "read_windowed_image", "study_uid"]
 
 
 def load_studies(
@@ -87,17 +82,6 @@ def study_uid(entry: Mapping[str, Any]) -> str:
     return name
 
 
-def _check_finite(array: np.ndarray, path: str, what: str) -> None:
-    """Raise an :class:`InputError` naming ``path`` and the count when ``array`` holds NaN or infinite voxels."""
-    if not np.issubdtype(array.dtype, np.floating):
-        return
-    n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-    if n_bad:
-        n_nan = int(np.count_nonzero(np.isnan(array)))
-        raise InputError(
-            f"{path}: the {what} contains NaN or infinite values "
-            f"({n_bad} of {array.size} voxels: {n_nan} NaN, {n_bad - n_nan} infinite)"
-        )
 
 
 def read_windowed_image(entry: Mapping[str, Any], window: Sequence[float] = (100.0, 700.0)) -> tuple[np.ndarray, np.ndarray]:
@@ -114,13 +98,7 @@ def read_windowed_image(entry: Mapping[str, Any], window: Sequence[float] = (100
         InputError: the file cannot be read or holds NaN / infinite values.
     """
     path = os.fspath(entry["image"])
-    try:
-        hu, affine = read_volume(path)
-    except NIFTI_READ_ERRORS as error:
-        raise InputError(f"{path}: cannot read the image ({type(error).__name__}: {error})") from error
-    if hu.size == 0:
-        raise InputError(f"{path}: empty image of shape {hu.shape}")
-    _check_finite(hu, path, "image")
+    hu, affine = read_checked_volume(path, "image")
     return window_hu(hu, float(window[0]), float(window[1])), affine
 
 
@@ -139,11 +117,7 @@ def read_reference_mask(entry: Mapping[str, Any], shape: Sequence[int], label_ke
     if not entry.get(label_key):
         raise InputError(f"{entry.get('image', study_uid(entry))}: the datalist entry has no {label_key!r} mask")
     path = os.fspath(entry[label_key])
-    try:
-        mask, _ = read_volume(path)
-    except NIFTI_READ_ERRORS as error:
-        raise InputError(f"{path}: cannot read the reference mask ({type(error).__name__}: {error})") from error
+    mask, _ = read_checked_volume(path, "reference mask")
     if tuple(mask.shape) != tuple(shape):
         raise InputError(f"{path}: reference mask of shape {mask.shape} but the study is {tuple(shape)}")
-    _check_finite(mask, path, "reference mask")
     return (mask != 0).astype(np.uint8)
