@@ -246,3 +246,18 @@ def test_bfloat16_independent_of_max_batch_and_float16_refused(model, inputs):
         IntegratedGradientsExplainer(model, autocast_dtype="float16")
     with pytest.raises(ValueError, match="float16"):
         integrated_gradients(model, inputs, 0.0, n_steps=4, autocast_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("noise_level", float("nan"), r"noise_level must be a finite number >= 0, got nan"),
+    ("noise_level", -0.1, r"noise_level must be a finite number >= 0"),
+    ("n_noise", 2.5, r"n_noise must be an integer >= 0, got 2.5"),
+    ("n_noise", -1, r"n_noise must be an integer >= 0"),
+    ("max_batch", 2.5, r"max_batch must be an integer >= 1, got 2.5"),
+    ("max_batch", 0, r"max_batch must be an integer >= 1"),
+    ("blur_sigma_px", -3.0, r"blur_sigma_px must be a finite number >= 0"),
+])
+def test_explainer_settings_are_checked_when_it_is_built(setting, value, message):
+    """A NaN noise level had been accepted (every attribution NaN, so no cluster); 2.5 samples failed mid-cohort."""
+    with pytest.raises(ValueError, match=message):
+        IntegratedGradientsExplainer(TinyClassifier().eval(), **{setting: value})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -365,3 +366,35 @@ def test_positive_patches_do_not_centre_the_embolus(tmp_path) -> None:
     spread = np.std(offsets, axis=0) / np.asarray(patch)
     # uniform over the central 3/4 of the patch gives a std of 0.22 of its size; centred crops give ~0.015
     assert (spread > 0.15).all(), spread
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"warmup_iterations": 100}, r"warmup_iterations \(100\) must be fewer than the run's 100 iterations"),
+    ({"warmup_iterations": 0}, r"warmup_iterations must be an integer >= 1, got 0"),
+    ({"learning_rate": 0.0}, r"learning_rate must be a finite number > 0, got 0.0"),
+    ({"final_learning_rate": 1e-3}, r"final_learning_rate \(0.001\) must not exceed learning_rate \(0.0001\)"),
+])
+def test_schedule_settings_are_checked_with_their_names(overrides, message) -> None:
+    """A warmup as long as the run had silently ended it before the peak rate; a zero warmup had been a ZeroDivisionError."""
+    parser = _parsed("train.json")
+    parser.update({"bundle_root": "/b", "device": "$torch.device('cpu')", "network_filters": [2, 2, 2, 2, 2, 2],
+                   "num_iterations": 100, "iterations_per_epoch": 50, "warmup_iterations": 10, **overrides})
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps the error of the component it instantiates
+        parser.get_parsed_content("lr_scheduler")
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert re.search(message, str(raised.value.__cause__)), str(raised.value.__cause__)
+
+
+@pytest.mark.parametrize("window", [[100, -400], [100, 0], [100], "100,400", [100, float("nan")]])
+def test_hu_window_is_checked_before_it_inverts_or_unscales_the_image(window) -> None:
+    from custom.student import hu_window_bounds
+
+    assert hu_window_bounds([100, 400]) == (-100.0, 300.0)
+    with pytest.raises(ValueError, match="window"):
+        hu_window_bounds(window)
+    for config in ("train.json", "inference.json"):
+        parser = _parsed(config)
+        parser.update({"bundle_root": "/b", "window": window})
+        with pytest.raises((RuntimeError, ValueError)) as raised:  # MONAI may wrap the expression's error
+            parser.get_parsed_content("preprocessing" if config == "inference.json" else "train#deterministic_transforms")
+        assert "window" in str(raised.value) + str(raised.value.__cause__)

@@ -38,6 +38,8 @@ ref. [54], which it cites for multi-reference IG):
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -289,6 +291,20 @@ def reference_images(
     return torch.stack(references)
 
 
+def _count(value: object, name: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (2.5 or "3" would fail later, in the middle of a cohort)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _real(value: object, name: str, minimum: float) -> float:
+    """``value`` as a finite float >= ``minimum`` (a NaN noise level would make every attribution NaN)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
 class IntegratedGradientsExplainer:
     """The iExplain heatmap: IG of the PE logit, voted over references and SmoothGrad noise (paper 3.2).
 
@@ -351,10 +367,10 @@ class IntegratedGradientsExplainer:
         unknown = [kind for kind in references if kind not in REFERENCE_KINDS]
         if unknown:
             raise ValueError(f"unknown IG references {unknown}; expected some of {REFERENCE_KINDS}")
-        if n_noise < 0 or noise_level < 0:
-            raise ValueError(f"n_noise and noise_level must be non-negative, got {n_noise}, {noise_level}")
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be positive, got {max_batch}")
+        n_noise = _count(n_noise, "n_noise", 0)
+        max_batch = _count(max_batch, "max_batch", 1)
+        noise_level = _real(noise_level, "noise_level", 0.0)
+        blur_sigma_px = _real(blur_sigma_px, "blur_sigma_px", 0.0)
         if fold_batchnorm:
             model = fold_batchnorm_into_convolutions(model)
         #: the eager network the passes run (``model``, or its folded copy)

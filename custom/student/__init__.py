@@ -6,6 +6,7 @@ from custom.student.datalist import annotated_subset, attach_pseudo_labels, labe
 from custom.student.evaluation_report import EvaluationReportWriter, study_uids_from_batch
 from custom.student.findings import find_clusters, study_findings
 from custom.student.froc_metric import FROCMetricHandler
+from custom.student.schedule import hu_window_bounds, warmup_linear_decay
 from custom.student.outputs import SaveStudentOutputsd, entry_uid, pending_entries, student_output_paths
 from custom.student.train_time import TrainingTimeWriter
 
@@ -22,6 +23,7 @@ __all__ = [
     "check_pretrained_checkpoint",
     "entry_uid",
     "find_clusters",
+    "hu_window_bounds",
     "labelled_entries",
     "load_calibration",
     "pending_entries",
@@ -29,4 +31,5 @@ __all__ = [
     "student_output_paths",
     "study_uids_from_batch",
     "study_findings",
+    "warmup_linear_decay",
 ]
