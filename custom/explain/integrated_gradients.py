@@ -38,8 +38,6 @@ ref. [54], which it cites for multi-reference IG):
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -52,6 +50,7 @@ from torch import nn
 from custom.compilation import CompiledNetwork, compile_frozen
 from custom.networks.batchnorm_folding import fold_batchnorm as fold_batchnorm_into_convolutions
 from custom.precision import as_autocast_dtype
+from custom.settings import finite_number, integer_at_least
 
 __all__ = [
     "FIVE_REFERENCES",
@@ -291,20 +290,6 @@ def reference_images(
     return torch.stack(references)
 
 
-def _count(value: object, name: str, minimum: int) -> int:
-    """``value`` as an int >= ``minimum`` (2.5 or "3" would fail later, in the middle of a cohort)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _real(value: object, name: str, minimum: float) -> float:
-    """``value`` as a finite float >= ``minimum`` (a NaN noise level would make every attribution NaN)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
-    return float(value)
-
-
 class IntegratedGradientsExplainer:
     """The iExplain heatmap: IG of the PE logit, voted over references and SmoothGrad noise (paper 3.2).
 
@@ -367,10 +352,10 @@ class IntegratedGradientsExplainer:
         unknown = [kind for kind in references if kind not in REFERENCE_KINDS]
         if unknown:
             raise ValueError(f"unknown IG references {unknown}; expected some of {REFERENCE_KINDS}")
-        n_noise = _count(n_noise, "n_noise", 0)
-        max_batch = _count(max_batch, "max_batch", 1)
-        noise_level = _real(noise_level, "noise_level", 0.0)
-        blur_sigma_px = _real(blur_sigma_px, "blur_sigma_px", 0.0)
+        n_noise = integer_at_least(n_noise, "n_noise", 0)
+        max_batch = integer_at_least(max_batch, "max_batch", 1)
+        noise_level = finite_number(noise_level, "noise_level", 0.0)
+        blur_sigma_px = finite_number(blur_sigma_px, "blur_sigma_px", 0.0)
         if fold_batchnorm:
             model = fold_batchnorm_into_convolutions(model)
         #: the eager network the passes run (``model``, or its folded copy)

@@ -14,19 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
+from custom.settings import finite_number, integer_at_least
+
 __all__ = ["hu_window_bounds", "warmup_linear_decay"]
-
-
-def _integer(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def warmup_linear_decay(
@@ -54,10 +44,10 @@ def warmup_linear_decay(
         ValueError: a value outside those ranges, named (a warmup as long as the run would end the run
             before the peak rate, with no decay).
     """
-    learning_rate = _positive(learning_rate, "learning_rate")
-    final_learning_rate = _positive(final_learning_rate, "final_learning_rate")
-    warmup = _integer(warmup_iterations, "warmup_iterations", 1)
-    total = _integer(total_iterations, "total_iterations (num_iterations)", 2)
+    learning_rate = finite_number(learning_rate, "learning_rate", 0.0, exclusive=True)
+    final_learning_rate = finite_number(final_learning_rate, "final_learning_rate", 0.0, exclusive=True)
+    warmup = integer_at_least(warmup_iterations, "warmup_iterations", 1)
+    total = integer_at_least(total_iterations, "total_iterations (num_iterations)", 2)
     if final_learning_rate > learning_rate:
         raise ValueError(f"final_learning_rate ({final_learning_rate:g}) must not exceed learning_rate ({learning_rate:g})")
     if warmup >= total:
