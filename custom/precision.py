@@ -336,12 +336,15 @@ class AutocastInferer(Inferer):
     input's device and shape, then every later call uses the result (``self.dtype``).
 
     Under ``torchrun`` the ranks must compute the same way, yet each measures its own clock (two
-    ranks of one CPU run chose float32 and bfloat16 in a probe). Two ways to agree:
+    ranks of one CPU run chose float32 and bfloat16 in a probe). Three ways to agree:
     ``agree_across_ranks`` broadcasts rank 0's measurement, a collective call that is safe only
     where every rank makes its first call together (a DDP training step: all ranks run every
     iteration); ``follow`` adopts the dtype another ``AutocastInferer`` has already measured, with
     no collective call (validation follows training, so ranks with uneven validation shards cannot
-    hang). Without either, each process keeps its own measurement.
+    hang); :meth:`agree` measures before the first call, where all ranks run together (a config's
+    ``initialize``), and broadcasts rank 0's choice, for evaluation and inference, whose uneven
+    shards (a rank may have no batch at all) make a collective call at the first call unsafe.
+    Without any of them, each process keeps its own measurement.
 
     Args:
         inferer: the inferer to wrap (``SimpleInferer``, ``SlidingWindowInferer``, ...).
@@ -381,6 +384,54 @@ class AutocastInferer(Inferer):
         if self.dtype is None:
             return self.inferer(inputs, network, *args, **kwargs)
         return self.inferer(inputs, _AutocastForward(network, self.dtype), *args, **kwargs)
+
+    def agree(
+        self,
+        network: torch.nn.Module,
+        input_shape: Sequence[int],
+        device: torch.device | str,
+    ) -> torch.dtype | None:
+        """Resolve a pending ``"auto"`` dtype now, every rank measuring and all taking rank 0's choice.
+
+        A collective call when the dtype is pending (``torch.distributed`` initialised): every rank
+        must make it together, e.g. in a config's ``initialize`` after ``init_process_group``, never
+        at a first batch that an empty shard does not reach. :func:`resolve_autocast_dtype` times a
+        copy of ``network`` with ``agree_across_ranks=True``; a forward-only inferer
+        (``backward=False``) times it in eval mode, as an evaluator runs it (the network's own
+        modes are restored). ``follow`` is not consulted, so whether this call is collective
+        depends only on ``pending``, which is the same on every rank that built this inferer from
+        the same config and has not called it. When the dtype is not pending (a fixed dtype, or
+        already measured) nothing is measured and no collective call is made.
+
+        Args:
+            network: the network the inferer will run (a DDP wrapper is fine: its ``module`` is timed).
+            input_shape: the batch the network will receive, e.g. ``[sw_batch_size, 1, *patch_size]``
+                for a sliding window.
+            device: where the network will compute.
+
+        Returns:
+            The dtype every later call uses (``None``: float32).
+        """
+        if not self.pending:
+            return self.dtype
+        modes = {}
+        if not self.backward and isinstance(network, torch.nn.Module):
+            modes = {module: module.training for module in network.modules()}
+            network.eval()
+        try:
+            self.dtype = resolve_autocast_dtype(
+                "auto", network, input_shape, device, backward=self.backward, agree_across_ranks=True
+            )
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        self.pending = False
+        if dist.is_available() and dist.is_initialized():
+            logger.info("autocast dtype %s, rank 0's choice for all %d ranks (rank %d), agreed before the first call",
+                        dtype_name(self.dtype), dist.get_world_size(), dist.get_rank())
+        else:
+            logger.info("autocast dtype %s, measured before the first call", dtype_name(self.dtype))
+        return self.dtype
 
     def _measure_then_forward(self, network: Callable[..., Any]) -> Callable[..., Any]:
         def forward(inputs: torch.Tensor, *args: Any, **kwargs: Any) -> Any:

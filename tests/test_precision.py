@@ -273,6 +273,172 @@ def test_bundle_validation_follows_the_training_dtype_and_training_agrees_across
     assert validation.follow is training and not validation.agree_across_ranks
 
 
+def _recording_agree_resolver(result):
+    """Like :func:`_recording_resolver`, also recording whether the timed network was in training mode."""
+    calls = []
+
+    def resolve(setting, network, input_shape, device, backward=False, agree_across_ranks=True, **kwargs):
+        calls.append((setting, tuple(input_shape), backward, agree_across_ranks, network.training))
+        return result
+
+    return calls, resolve
+
+
+def test_agree_resolves_a_pending_auto_dtype_now_with_rank_agreement(monkeypatch):
+    import custom.precision as precision
+
+    calls, fake_resolve = _recording_agree_resolver(torch.bfloat16)
+    monkeypatch.setattr(precision, "resolve_autocast_dtype", fake_resolve)
+    net = _DtypeRecorder()  # in training mode, as a config builds it
+    inferer = AutocastInferer(SlidingWindowInferer(roi_size=(8, 8, 4), sw_batch_size=3, overlap=0.0), "auto")
+    assert inferer.agree(net, [3, 1, 8, 8, 4], "cpu") is torch.bfloat16
+    # timed forward-only in eval mode (as the evaluator runs it), with rank agreement; the network's mode restored
+    assert calls == [("auto", (3, 1, 8, 8, 4), False, True, False)] and net.training
+    assert not inferer.pending and inferer.dtype is torch.bfloat16
+    inferer(torch.randn(1, 1, 16, 16, 4), net)
+    assert inferer.agree(net, [3, 1, 8, 8, 4], "cpu") is torch.bfloat16
+    assert len(calls) == 1 and set(net.seen) == {torch.bfloat16}  # neither the first call nor a second agree measures
+    training = AutocastInferer(SimpleInferer(), "auto", backward=True)
+    training.agree(net, (2, 1, 8, 8, 4), torch.device("cpu"))
+    assert calls[-1] == ("auto", (2, 1, 8, 8, 4), True, True, True) and not training.pending  # training steps: train mode
+
+
+def test_agree_makes_no_collective_call_unless_the_dtype_is_pending(monkeypatch):
+    import torch.distributed as dist
+
+    import custom.precision as precision
+
+    def no_collective(*args, **kwargs):
+        raise AssertionError("a collective call")
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "broadcast_object_list", no_collective)
+    monkeypatch.setattr(precision, "fastest_autocast_dtype", lambda step, device, **kw: (None, {"float32": 1.0, "bfloat16": 2.0}))
+    net = _DtypeRecorder()
+    for setting, expected in [("bfloat16", torch.bfloat16), ("float32", None), (None, None)]:
+        inferer = AutocastInferer(SimpleInferer(), setting)
+        assert inferer.agree(net, [2, 1, 8, 8, 4], "cpu") is expected and inferer.dtype is expected and not inferer.pending
+    with pytest.raises(AssertionError, match="a collective call"):  # a pending dtype does broadcast rank 0's choice
+        AutocastInferer(SimpleInferer(), "auto").agree(net, [2, 1, 8, 8, 4], "cpu")
+
+
+def _agreed_before_uneven_shards(rank: int) -> tuple:
+    """Both ranks agree together; then rank 0 infers two batches and rank 1, with an empty shard, none."""
+    net = _DtypeRecorder()
+    inferer = AutocastInferer(SlidingWindowInferer(roi_size=(8, 8, 4), sw_batch_size=2, overlap=0.0), "auto")
+    agreed = inferer.agree(net, [2, 1, 8, 8, 4], "cpu")
+    for _ in range(2 if rank == 0 else 0):  # no collective at a first call that rank 1 never makes
+        inferer(torch.randn(1, 1, 16, 8, 4), net)
+    return agreed, inferer.dtype, inferer.pending, sorted(map(str, set(net.seen)))
+
+
+def test_agree_gives_every_rank_rank_zeros_choice_before_uneven_shards_under_gloo(tmp_path):
+    """Rank 0's probe chooses float32, rank 1's bfloat16: both compute in float32, and rank 0's first call does not hang."""
+    results = _on_two_gloo_ranks(_agreed_before_uneven_shards, tmp_path)
+    assert results[0] == (None, None, False, ["torch.float32"])
+    assert results[1] == (None, None, False, [])
+
+
+_MULTI_PROCESS_CONFIGS = {
+    "classifier evaluate": ("classifier", ["train.json", "evaluate.json", "multi_gpu_evaluate.json"], "validate#"),
+    "classifier inference": ("classifier", ["inference.json", "multi_gpu_inference.json"], ""),
+    "student evaluate": ("dynunet_student", ["train.json", "evaluate.json", "multi_gpu_evaluate.json"], "validate#"),
+    "student inference": ("dynunet_student", ["inference.json", "multi_gpu_inference.json"], ""),
+    "student calibrate": ("dynunet_student", ["inference.json", "multi_gpu_inference.json", "calibrate.json"], ""),
+}
+
+
+def _multi_process_parser(bundle: str, files: list, tmp_path, validation: list | None = None):
+    """The configs with a tiny network and a datalist of two (4, 16, 20) studies (``validation``: that split instead)."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from monai.bundle import ConfigParser
+
+    from custom.io.nifti import write_volume
+
+    entries = []
+    for i in range(2):
+        write_volume(tmp_path / "images" / f"s{i}.nii.gz", np.zeros((4, 16, 20), dtype=np.int16), np.eye(4))
+        write_volume(tmp_path / "labels" / f"s{i}.nii.gz", np.zeros((4, 16, 20), dtype=np.uint8), np.eye(4))
+        entries.append({"image": f"images/s{i}.nii.gz", "label": f"labels/s{i}.nii.gz", "study_uid": f"s{i}", "slice_labels": [0] * 4})
+    validation = entries if validation is None else validation
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": entries, "validation": validation, "test": entries}))
+    parser = ConfigParser()
+    parser.read_config([str(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / f) for f in files])
+    tiny = ({"model_name": "tf_efficientnetv2_b0", "feature_stage": 1, "num_workers": 0} if bundle == "classifier"
+            else {"network_filters": [4, 8, 8, 8, 8, 8], "patch_size": [32, 32, 16], "num_workers": 0})
+    parser.update({"bundle_root": str(tmp_path / "bundle"), "dataset_dir": str(tmp_path), "autocast_dtype": "auto", **tiny})
+    return parser
+
+
+@pytest.mark.parametrize("name", list(_MULTI_PROCESS_CONFIGS))
+def test_multi_process_evaluate_and_inference_agree_on_the_dtype_in_initialize(name, tmp_path, monkeypatch):
+    """Every rank runs ``initialize`` together, so the multi-GPU evaluate and inference configs agree there on the
+    dtype of the inferer their evaluator runs, with the network and the batch shape it receives (the first call
+    may come on one rank only: uneven shards)."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU (gloo) run, where "auto" measures
+    bundle, files, prefix = _MULTI_PROCESS_CONFIGS[name]
+    parser = _multi_process_parser(bundle, files, tmp_path)
+    initialize = parser["initialize"]
+    agreeing = [i for i, step in enumerate(initialize) if ".agree(" in step]
+    assert len(agreeing) == 1, initialize
+    step = agreeing[0]
+    assert step > next(i for i, s in enumerate(initialize) if "init_process_group" in s)
+    assert initialize[step].startswith(f"$@{prefix}inferer.agree(@network, ")
+    assert parser[f"{prefix}evaluator#inferer"] == f"@{prefix}inferer" and parser[f"{prefix}evaluator#network"] == "@network"
+
+    calls = []
+    monkeypatch.setattr(AutocastInferer, "agree", lambda self, network, shape, device: calls.append((self, network, list(shape), device)))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        parser.get_parsed_content(f"initialize#{step}")
+        [(inferer, network, shape, device)] = calls
+        assert inferer is parser.get_parsed_content(f"{prefix}inferer") and inferer.pending
+        assert network is parser.get_parsed_content("network") and device == parser.get_parsed_content("device")
+        # the classifier's first batch: up to the batch size of this rank's shard of 8 mini-volumes (7, 16, 20)
+        assert shape == ([8, 7, 16, 20] if bundle == "classifier" else [4, 1, 32, 32, 16])
+        if bundle == "dynunet_student" and prefix == "":  # every output present (the same on every rank): nothing to agree on
+            output_dir = parser.get_parsed_content("output_dir")
+            from custom.student import student_output_paths
+
+            for uid in ("s0", "s1"):
+                for path in student_output_paths(output_dir, uid).values():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.touch()
+            rerun = _multi_process_parser(bundle, files, tmp_path)
+            assert rerun.get_parsed_content(f"initialize#{step}") is None and len(calls) == 1
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["classifier evaluate", "classifier inference"])
+def test_multi_process_classifier_agreement_on_an_empty_split_gives_the_datasets_error(name, tmp_path, monkeypatch):
+    """Reading the first mini-volume for the batch shape keeps the dataset's clear error on an empty split."""
+    import torch.distributed as dist
+
+    from custom.io.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bundle, files, prefix = _MULTI_PROCESS_CONFIGS[name]
+    parser = _multi_process_parser(bundle, files, tmp_path, validation=[])
+    parser["data_list_key"] = "validation"  # (MONAI's load_decathlon_datalist fails on an empty "test" split itself)
+    step = next(i for i, s in enumerate(parser["initialize"]) if ".agree(" in s)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeError) as raised:  # MONAI wraps the error of the component it instantiates
+            parser.get_parsed_content(f"initialize#{step}")
+    finally:
+        dist.destroy_process_group()
+    cause = raised.value.__cause__
+    while cause is not None and not isinstance(cause, InputError):
+        cause = cause.__cause__
+    assert isinstance(cause, InputError) and "['validation']: no studies" in str(cause), repr(raised.value)
+
+
 class _LayoutSleeper(torch.nn.Module):
     """A conv whose forward sleeps longer with contiguous weights: the decision logic, not this CPU."""
 

@@ -201,9 +201,12 @@ def test_calibrate_with_two_gloo_processes(workspace, tmp_path) -> None:
     bundle, data = workspace["bundle"], workspace["data"]
     overrides = {"patch_size": TINY["patch_size"], "network_filters": TINY["network_filters"], "num_workers": "0",
                  "dataset_dir": str(data), "output_dir": str(tmp_path / "val"), "calibration_path": str(tmp_path / "threshold.json")}
-    _cli("run", "--config_file", _configs(bundle, "inference.json", "multi_gpu_inference.json", "calibrate.json"), cwd=workspace["elsewhere"],
-         overrides=overrides, launcher=("-m", "torch.distributed.run", "--nproc_per_node=2", "-m"))
+    output = _cli("run", "--config_file", _configs(bundle, "inference.json", "multi_gpu_inference.json", "calibrate.json"),
+                  cwd=workspace["elsewhere"], overrides=overrides, launcher=("-m", "torch.distributed.run", "--nproc_per_node=2", "-m"))
     assert len(list((tmp_path / "val").glob("*_prob.nii.gz"))) == 2
+    # both ranks resolved autocast_dtype "auto" together in initialize, to rank 0's choice
+    agreed = re.findall(r"autocast dtype (\w+), rank 0's choice for all 2 ranks \(rank (\d)\)", output)
+    assert sorted(rank for _, rank in agreed) == ["0", "1"] and len({dtype for dtype, _ in agreed}) == 1, output[-3000:]
     assert json.loads((tmp_path / "threshold.json").read_text())["n_studies"] == 2
 
 
