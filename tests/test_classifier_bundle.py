@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def test_train_resume_evaluate_infer_through_cli(tiny_bundle, tmp_path):
     configs = tiny_bundle / "configs"
     # from an unrelated working directory, without --bundle_root: outputs land in the bundle
     train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(configs / "train.json"),
-             *TINY, "--epoch_length", "2", "--batch_size", "4", "--val_batch_size", "8"]
+             *TINY, "--epoch_length", "2", "--warmup_iterations", "1", "--batch_size", "4", "--val_batch_size", "8"]
     _run(train + ["--epochs", "1"], cwd=tmp_path)
     models = tiny_bundle / "models"
     assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
@@ -131,14 +132,24 @@ def test_multi_gpu_configs_on_cpu_with_gloo(tiny_bundle, tmp_path):
     out = tmp_path / "mgpu"
     common = [*TINY, "--bundle_root", str(out), "--dataset_dir", str(tiny_bundle / "data")]
     _run(torchrun + ["training", "--config_file", str([str(configs / "train.json"), str(configs / "multi_gpu_train.json")]),
-                     *common, "--epochs", "1", "--epoch_length", "2", "--batch_size", "2", "--val_batch_size", "4"], cwd=tmp_path)
+                     *common, "--epochs", "1", "--epoch_length", "2", "--warmup_iterations", "1", "--batch_size", "2",
+                     "--val_batch_size", "4"], cwd=tmp_path)
     assert (out / "models" / "model.pt").is_file()
-    _run(torchrun + ["--config_file", str([str(configs / f) for f in ("train.json", "evaluate.json", "multi_gpu_evaluate.json")]),
-                     *common, "--val_batch_size", "4"], cwd=tmp_path)
+    proc = _run(torchrun + ["--config_file", str([str(configs / f) for f in ("train.json", "evaluate.json", "multi_gpu_evaluate.json")]),
+                            *common, "--val_batch_size", "4"], cwd=tmp_path)
     assert (out / "eval" / "metrics.csv").is_file()
-    _run(torchrun + ["--config_file", str([str(configs / "inference.json"), str(configs / "multi_gpu_inference.json")]), *common], cwd=tmp_path)
+    _assert_ranks_agreed_on_one_dtype(proc.stdout + proc.stderr)
+    proc = _run(torchrun + ["--config_file", str([str(configs / "inference.json"), str(configs / "multi_gpu_inference.json")]), *common],
+                cwd=tmp_path)
+    _assert_ranks_agreed_on_one_dtype(proc.stdout + proc.stderr)
     probabilities = json.loads((out / "output" / "slice_probabilities.json").read_text())
     assert all(len(p) == 12 for p in probabilities.values()) and len(probabilities) == 2
+
+
+def _assert_ranks_agreed_on_one_dtype(log: str) -> None:
+    """Both ranks of a CPU torchrun resolved ``autocast_dtype: "auto"`` together in ``initialize``, to one dtype."""
+    agreed = re.findall(r"autocast dtype (\w+), rank 0's choice for all 2 ranks \(rank (\d)\)", log)
+    assert sorted(rank for _, rank in agreed) == ["0", "1"] and len({dtype for dtype, _ in agreed}) == 1, log[-3000:]
 
 
 def test_verify_net_in_out(tiny_bundle, tmp_path):
@@ -172,3 +183,81 @@ def test_training_and_validation_datasets_require_labels_and_name_their_split(ti
             parser.get_parsed_content(key)
         cause = raised.value.__cause__
         assert isinstance(cause, InputError) and message in str(cause), repr(cause)
+
+
+def _parsed_train_config(**overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update({"bundle_root": "/b", "device": "$torch.device('cpu')", "network_def": "$torch.nn.Linear(2, 1)",
+                   "network": "@network_def", **overrides})
+    return parser
+
+
+def test_learning_rate_warmup_and_cosine_decay_to_final_lr():
+    """train.json's schedule: MONAI's WarmupCosineSchedule from 0 to ``lr`` over the warmup, then down to ``final_lr``."""
+    parser = _parsed_train_config(epochs=2, epoch_length=50, warmup_iterations=10, lr=1e-3)
+    optimizer = parser.get_parsed_content("optimizer")
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    assert (scheduler.warmup_steps, scheduler.t_total, scheduler.end_lr) == (10, 100, 1e-7)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[0] == 0.0 and rates[5] == pytest.approx(5e-4) and rates[10] == pytest.approx(1e-3)
+    assert all(a >= b - 1e-15 for a, b in zip(rates[10:], rates[11:]))
+    assert rates[55] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 45 / 90)))  # half way down the cosine
+    assert rates[100] == pytest.approx(1e-7)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # MONAI's WarmupCosineSchedule had quietly cut a 500-iteration warmup to a 2-iteration run, which then
+    # ended inside its warmup, never at the peak rate
+    ({"epochs": 1, "epoch_length": 2}, r"warmup_iterations \(500\) must be fewer than the run's 2 iterations \(epochs \* epoch_length\)"),
+    ({"warmup_iterations": 0}, r"warmup_iterations must be an integer >= 1, got 0"),
+    ({"warmup_iterations": 2.5}, r"warmup_iterations must be an integer >= 1, got 2.5"),
+    ({"lr": 0.0}, r"learning_rate must be a finite number > 0, got 0.0"),
+    ({"lr": 1e-8}, r"final_learning_rate \(1e-07\) must not exceed learning_rate \(1e-08\)"),
+])
+def test_schedule_settings_are_checked_with_their_names(overrides, message):
+    parser = _parsed_train_config(**overrides)
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps the error of the component it instantiates
+        parser.get_parsed_content("lr_scheduler")
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert re.search(message, str(raised.value.__cause__)), str(raised.value.__cause__)
+
+
+def test_cutout_cuts_the_same_holes_through_all_slices_with_the_configured_fill():
+    parser = _parsed_train_config(**{"cutout#prob": 1.0, "cutout#holes": 2, "cutout#max_holes": 2, "cutout_fill": -1.0})
+    transforms = parser.get_parsed_content("train#preprocessing").transforms
+    cutout = next(t for t in transforms if type(t).__name__ == "RandCoarseDropoutd")
+    cutout.set_random_state(0)
+    image = cutout({"image": torch.ones(7, 192, 192)})["image"]
+    holes = np.asarray(image) == -1.0
+    assert holes.any() and (holes == holes[:1]).all()  # every slice of the mini-volume has the same holes
+    assert 16 * 16 <= holes[0].sum() <= 2 * 128 * 128  # two holes of 16-128 px a side, which may overlap
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # RandCoarseDropoutd had failed at the first training batch with numpy's bare "low >= high"
+    ({"cutout#max_holes": 0}, r"cutout max_holes must be an integer >= 1, got 0"),
+    ({"cutout#holes": 4, "cutout#max_holes": 2}, r"cutout max_holes \(2\) must be >= holes \(4\)"),
+    ({"cutout#max_spatial_size": [8, 8]}, r"cutout max_spatial_size \[8, 8\] must be >= spatial_size \[16, 16\]"),
+    ({"cutout#spatial_size": [0, 16]}, r"cutout spatial_size must be two integers >= 1"),
+    ({"cutout#spatial_size": [16, 16, 16]}, r"cutout spatial_size must be two integers >= 1"),
+    # and had clipped these silently (a negative probability turned Cutout off)
+    ({"cutout#prob": 2.0}, r"cutout prob must be a number in \[0, 1\], got 2.0"),
+    ({"cutout#prob": -0.5}, r"cutout prob must be a number in \[0, 1\], got -0.5"),
+    ({"cutout_fill": float("nan")}, r"cutout fill_value must be a finite number, got nan"),
+])
+def test_cutout_settings_are_checked_when_the_config_is_parsed(overrides, message):
+    parser = _parsed_train_config(**overrides)
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps the error of the component it instantiates
+        parser.get_parsed_content("train#preprocessing")
+    cause = raised.value.__cause__
+    while isinstance(cause, RuntimeError) and cause.__cause__ is not None:  # the Compose wraps its member's error
+        cause = cause.__cause__
+    assert isinstance(cause, ValueError) and re.search(message, str(cause)), repr(cause)

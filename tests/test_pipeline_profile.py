@@ -56,6 +56,8 @@ BAD = [
     ("annotated_fraction_above_one", lambda p: p.update(annotated_fraction=1.5), r"annotated_fraction: must be a number in \(0, 1\]"),
     ("epochs_negative", lambda p: p["classifier"]["overrides"].update(epochs=-1), r"classifier\.overrides\.epochs: must be an integer >= 1, got -1"),
     ("epochs_zero", lambda p: p["classifier"]["overrides"].update(epochs=0), r"classifier\.overrides\.epochs: must be an integer >= 1"),
+    ("classifier_warmup_zero", lambda p: p["classifier"]["overrides"].update(warmup_iterations=0), r"classifier\.overrides\.warmup_iterations: must be an integer >= 1"),
+    ("classifier_lr_zero", lambda p: p["classifier"]["overrides"].update(lr=0), r"classifier\.overrides\.lr: must be a number in \(0, inf\)"),
     ("classifier_batch_size_zero", lambda p: p["classifier"]["overrides"].update(batch_size=0), r"classifier\.overrides\.batch_size"),
     ("student_batch_size_zero", lambda p: p["student"]["overrides"].update(batch_size=0), r"student\.overrides\.batch_size: must be an integer >= 1"),
     ("finetune_iterations_zero", lambda p: p["finetune"]["overrides"].update(num_iterations=0), r"finetune\.overrides\.num_iterations"),
@@ -77,6 +79,12 @@ BAD = [
     ("calibrate_text", lambda p: p.update(calibrate_student_threshold="yes"), r"calibrate_student_threshold: must be true or false"),
     ("configs_typo", lambda p: p["classifier"].update(configs=["train.json", "demoo.json"]), r"classifier\.configs: \['demoo\.json'\] not found"),
     ("configs_empty", lambda p: p["student"].update(configs=[]), r"student\.configs: must be a non-empty list"),
+    # monai.bundle run adds an unknown key silently: the student's rate name set on the classifier changed nothing
+    ("classifier_learning_rate", lambda p: p["classifier"]["overrides"].update(learning_rate=1e-3),
+     r"classifier\.overrides\.learning_rate: no such key in \['train\.json', 'demo\.json'\]"),
+    ("student_lr", lambda p: p["finetune"]["overrides"].update(lr=1e-3), r"finetune\.overrides\.lr: no such key"),
+    ("list_index_out_of_range", lambda p: p["classifier"]["overrides"].update({"train#preprocessing#transforms#9#prob": 0.0}),
+     r"classifier\.overrides\.train#preprocessing#transforms#9#prob: no such key"),
 ]
 
 
@@ -105,6 +113,12 @@ def test_monai_expressions_in_overrides_are_left_to_the_bundle(tmp_path):
     overrides = loaded["classifier"]["overrides"]
     assert overrides["epochs"] == "$2 * 3" and overrides["batch_size"] == "@val_batch_size"  # not evaluated or cast
     assert loaded == profile
+
+
+def test_overrides_may_add_a_key_to_an_existing_mapping(tmp_path):
+    """A nested id can give a component a keyword argument its config does not set (MONAI's own override rules)."""
+    profile = _mutated(lambda p: p["classifier"]["overrides"].update({"cutout#max_holes": 2, "network_def#drop_rate": 0.1}))
+    assert load_profile(str(_write(tmp_path, profile))) == profile
 
 
 def test_cli_prints_the_profile_error_and_exits_1(tmp_path, capsys):

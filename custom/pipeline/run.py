@@ -35,7 +35,8 @@ BUNDLE_SECTIONS = {"classifier": "classifier", "teacher": "iexplain_teacher", "s
 #: bundle overrides checked when a profile sets them: key -> (kind, lowest, highest, lowest excluded, highest excluded)
 _OVERRIDE_RULES: dict[str, dict[str, tuple[str, float, float, bool, bool]]] = {
     "classifier": {"epochs": ("int", 1, math.inf, False, False), "epoch_length": ("int", 1, math.inf, False, False),
-                   "batch_size": ("int", 1, math.inf, False, False), "val_batch_size": ("int", 1, math.inf, False, False)},
+                   "batch_size": ("int", 1, math.inf, False, False), "val_batch_size": ("int", 1, math.inf, False, False),
+                   "warmup_iterations": ("int", 1, math.inf, False, False), "lr": ("number", 0, math.inf, True, True)},
     "teacher": {"n_steps": ("int", 2, math.inf, False, False), "calibration_max_studies": ("int", 1, math.inf, False, False)},
     "student": {"num_iterations": ("int", 1, math.inf, False, False), "iterations_per_epoch": ("int", 1, math.inf, False, False),
                 "batch_size": ("int", 1, math.inf, False, False), "warmup_iterations": ("int", 1, math.inf, False, False),
@@ -116,6 +117,7 @@ def validate_profile(profile: Any, source: str | os.PathLike = "profile", synthe
         if missing:
             check.fail(f"{section}.configs", f"{missing} not found in {REPO / 'bundles' / bundle / 'configs'}")
         overrides = check.mapping(settings, "overrides", section)
+        _check_override_keys(check, overrides, [REPO / "bundles" / bundle / "configs" / c for c in configs], f"{section}.overrides")
         rules = _OVERRIDE_RULES["student" if bundle == "dynunet_student" else section]
         where = f"{section}.overrides"
         for key, (kind, low, high, low_open, high_open) in rules.items():
@@ -136,6 +138,28 @@ def validate_profile(profile: Any, source: str | os.PathLike = "profile", synthe
     five = teacher.get("five_references_split", "test")
     if five is not None and five not in SPLITS:
         check.fail("teacher.five_references_split", f"must be null or one of {list(SPLITS)}, got {five!r}")
+
+
+def _check_override_keys(check: "_ProfileCheck", overrides: dict, config_files: list[Path], where: str) -> None:
+    """Each override must name a key of the section's configs, or a new entry of one of their mappings.
+
+    ``monai.bundle run`` adds an unknown key silently, so a profile setting the classifier's rate as
+    ``learning_rate`` (the student's name; the classifier's is ``lr``) would change nothing. A nested id
+    (``cutout#max_holes``) may add a key to an existing mapping (a component's keyword argument).
+    """
+    from monai.bundle import ConfigParser
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in config_files])
+    for key in overrides:
+        if key in parser:
+            continue
+        parts = ReferenceResolver.split_id(key, last=True)  # "#" and "::" both separate
+        parent = parts[0] if len(parts) == 2 else ""
+        if parent and parent in parser and isinstance(parser[parent], dict):
+            continue
+        check.fail(f"{where}.{key}", f"no such key in {[f.name for f in config_files]} (a misspelt setting would change nothing)")
 
 
 def _is_number(value: Any) -> bool:

@@ -6,7 +6,7 @@ from custom.student.datalist import annotated_subset, attach_pseudo_labels, labe
 from custom.student.evaluation_report import EvaluationReportWriter, study_uids_from_batch
 from custom.student.findings import find_clusters, study_findings
 from custom.student.froc_metric import FROCMetricHandler
-from custom.student.schedule import hu_window_bounds, warmup_linear_decay
+from custom.student.window import hu_window_bounds
 from custom.student.outputs import SaveStudentOutputsd, entry_uid, pending_entries, student_output_paths
 from custom.student.train_time import TrainingTimeWriter
 
@@ -31,5 +31,4 @@ __all__ = [
     "student_output_paths",
     "study_uids_from_batch",
     "study_findings",
-    "warmup_linear_decay",
 ]

@@ -1,5 +1,6 @@
 """Transforms of the iExplain bundles that MONAI does not provide as-is."""
 
+from custom.transforms.cutout import cutout
 from custom.transforms.contrast_adjacency import ContrastAdjacencyFilterd, contrast_shares, remove_unenhanced_clusters
 from custom.transforms.hard_negatives import IntrapulmonaryNegativesd, intrapulmonary_structures, mix_indices
 from custom.transforms.mixup import MixUpPrepareBatch
@@ -9,6 +10,7 @@ __all__ = [
     "IntrapulmonaryNegativesd",
     "MixUpPrepareBatch",
     "contrast_shares",
+    "cutout",
     "intrapulmonary_structures",
     "mix_indices",
     "remove_unenhanced_clusters",
