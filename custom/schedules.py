@@ -4,6 +4,12 @@
   ``WarmupCosineSchedule``;
 - student (paper section 3.3: AdamW, warmup, then linear decay to 1e-7): :func:`warmup_linear_decay`.
 
+Both are functions of the iteration alone. A checkpoint restores only the iteration: the shape of
+the schedule (peak and final rate, warmup, length) comes from the config of the run that resumes.
+PyTorch's schedulers restore their whole ``__dict__`` instead, so a run resumed with more iterations
+(``--epochs 40`` after 20) had kept the old length: the cosine wrapped round and climbed back to the
+peak rate, and the linear decay sat at its final rate for all the new iterations.
+
 Config values reach these functions from the command line (``--warmup_iterations 2000``,
 ``--epochs 2``). A value that would silently change the schedule is refused here with the setting
 named: MONAI's ``WarmupCosineSchedule`` quietly shortens a warmup longer than the run to the run, so
@@ -13,12 +19,57 @@ the run ends inside its warmup, never at the peak rate and with no decay; a zero
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from monai.optimizers import WarmupCosineSchedule
+from torch.optim.lr_scheduler import LambdaLR
 
 from custom.settings import finite_number, integer_at_least
 
-__all__ = ["warmup_cosine", "warmup_linear_decay"]
+__all__ = ["WarmupCosine", "WarmupLinearDecay", "warmup_cosine", "warmup_linear_decay"]
+
+
+class _ResumesAtIteration:
+    """A scheduler whose checkpoint restores the iteration only (see the module docstring)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Set the scheduler, and the optimizer's rates, to the checkpoint's iteration of this schedule.
+
+        Args:
+            state_dict: from ``state_dict()`` of any PyTorch scheduler (``last_epoch`` is read).
+        """
+        iteration = int(state_dict["last_epoch"])
+        self._step_count = max(int(state_dict.get("_step_count", 1)), 2)  # it has stepped: no call-order warning
+        self.last_epoch = iteration - 1
+        self.step()  # to ``iteration``, setting the optimizer's rates
+
+
+class WarmupCosine(_ResumesAtIteration, WarmupCosineSchedule):
+    """MONAI's ``WarmupCosineSchedule`` that resumes at the checkpoint's iteration of this schedule."""
+
+
+class WarmupLinearDecay(_ResumesAtIteration, LambdaLR):
+    """Linear warmup from ``1 / warmup`` of the peak to the peak, then linear decay to
+    ``final_factor`` of the peak at ``total`` iterations, constant after (a factor on the optimizer's rate).
+
+    Args:
+        optimizer: the optimizer, whose rate is the peak.
+        warmup: iterations of warmup, at least 1.
+        total: iterations of the run, more than ``warmup``.
+        final_factor: the last rate over the peak, in (0, 1].
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup: int, total: int, final_factor: float) -> None:
+        self.warmup, self.total, self.final_factor = warmup, total, final_factor
+        super().__init__(optimizer, self.factor)
+
+    def factor(self, iteration: int) -> float:
+        """The rate at ``iteration`` over the peak rate."""
+        if iteration < self.warmup:
+            return 1.0 / self.warmup + (1.0 - 1.0 / self.warmup) * iteration / self.warmup
+        progress = min(1.0, (iteration - self.warmup) / (self.total - self.warmup))
+        return 1.0 + (self.final_factor - 1.0) * progress
 
 
 def _checked_settings(
@@ -45,7 +96,7 @@ def warmup_cosine(
     final_learning_rate: float,
     warmup_iterations: int,
     total_iterations: int,
-) -> WarmupCosineSchedule:
+) -> WarmupCosine:
     """MONAI's ``WarmupCosineSchedule``: linear warmup from 0 to ``learning_rate``, then cosine decay,
     never below ``final_learning_rate`` (one scheduler step per iteration).
 
@@ -65,7 +116,7 @@ def warmup_cosine(
     _, final_learning_rate, warmup, total = _checked_settings(
         learning_rate, final_learning_rate, warmup_iterations, total_iterations, "epochs * epoch_length"
     )
-    return WarmupCosineSchedule(optimizer, warmup_steps=warmup, t_total=total, end_lr=final_learning_rate)
+    return WarmupCosine(optimizer, warmup_steps=warmup, t_total=total, end_lr=final_learning_rate)
 
 
 def warmup_linear_decay(
@@ -74,7 +125,7 @@ def warmup_linear_decay(
     final_learning_rate: float,
     warmup_iterations: int,
     total_iterations: int,
-) -> torch.optim.lr_scheduler.SequentialLR:
+) -> WarmupLinearDecay:
     """Linear warmup from ``learning_rate / warmup_iterations`` to ``learning_rate``, then linear decay to
     ``final_learning_rate`` at ``total_iterations`` (one scheduler step per iteration).
 
@@ -95,12 +146,4 @@ def warmup_linear_decay(
     learning_rate, final_learning_rate, warmup, total = _checked_settings(
         learning_rate, final_learning_rate, warmup_iterations, total_iterations, "num_iterations"
     )
-    LinearLR = torch.optim.lr_scheduler.LinearLR
-    return torch.optim.lr_scheduler.SequentialLR(
-        optimizer,
-        schedulers=[
-            LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup),
-            LinearLR(optimizer, start_factor=1.0, end_factor=final_learning_rate / learning_rate, total_iters=total - warmup),
-        ],
-        milestones=[warmup],
-    )
+    return WarmupLinearDecay(optimizer, warmup, total, final_learning_rate / learning_rate)

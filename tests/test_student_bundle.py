@@ -111,7 +111,11 @@ def test_training_cli_writes_into_the_bundle_and_resumes(workspace) -> None:
     overrides = {**TINY, "dataset_dir": str(data), "pseudo_label_dir": str(data / "pseudo"), "num_iterations": "4"}
     output = _cli("run", "--config_file", str(bundle / "configs" / "train.json"), cwd=workspace["elsewhere"], overrides=overrides)
     assert output.count("-- train_loss:") == 2  # iterations 3 and 4 only (a restart would log 4)
-    assert torch.load(bundle / "models" / "checkpoint.pt", weights_only=False)["trainer"]["iteration"] == 4
+    resumed = torch.load(bundle / "models" / "checkpoint.pt", weights_only=False)
+    assert resumed["trainer"]["iteration"] == 4
+    # the schedule is the resumed run's (4 iterations), not the checkpoint's (2): its last rate is the final one
+    assert (resumed["lr_scheduler"]["total"], resumed["lr_scheduler"]["last_epoch"]) == (4, 4)
+    assert resumed["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-7)
     assert json.loads((bundle / "logs" / "train_minutes.json").read_text())["iterations"] == 4
 
 
