@@ -405,3 +405,17 @@ def test_hu_window_is_checked_before_it_inverts_or_unscales_the_image(window) ->
         with pytest.raises((RuntimeError, ValueError)) as raised:  # MONAI may wrap the expression's error
             parser.get_parsed_content("preprocessing" if config == "inference.json" else "train#deterministic_transforms")
         assert "window" in str(raised.value) + str(raised.value.__cause__)
+
+
+@pytest.mark.parametrize("batch_size, samples, expected", [(32, 2, 16), (4, 2, 2), (3, 1, 3), (5, 2, None), (1, 2, None), (0, 1, None)])
+def test_training_batch_size_must_be_whole_studies(batch_size, samples, expected) -> None:
+    """``batch_size`` counts patches; it had been rounded silently to whole studies (5 patches at 2 per study gave 4)."""
+    parser = _parsed("train.json")
+    parser.update({"bundle_root": "/b", "batch_size": batch_size, "samples_per_study": samples})
+    if expected is not None:
+        assert parser.get_parsed_content("train#dataloader#batch_size") == expected
+        return
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps the error of the expression it evaluates
+        parser.get_parsed_content("train#dataloader#batch_size")
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert re.search(r"batch_size .*must be (a multiple of samples_per_study|an integer >= 1)", str(raised.value.__cause__))

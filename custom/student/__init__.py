@@ -1,5 +1,6 @@
 """The DynUNet student of iExplain stage 3 (Condrea et al. 2025, section 3.3): data, outputs, findings."""
 
+from custom.student.batching import studies_per_batch
 from custom.student.calibration import calibrate_student_threshold, calibrate_threshold, load_calibration, read_threshold
 from custom.student.checkpoint import LatestCheckpointSaver, check_pretrained_checkpoint
 from custom.student.datalist import annotated_subset, attach_pseudo_labels, labelled_entries
@@ -29,6 +30,7 @@ __all__ = [
     "pending_entries",
     "read_threshold",
     "student_output_paths",
+    "studies_per_batch",
     "study_uids_from_batch",
     "study_findings",
 ]
