@@ -13,6 +13,7 @@ One concept per module, grouped by pipeline stage (see ``docs/conventions.md``):
 - ``custom.deploy``: the deploy app's model loading, DICOM SEG and findings.
 - ``custom.precision``: the autocast dtype chosen by measurement on the machine at hand.
 - ``custom.compilation``: ``torch.compile`` of a frozen network, with an eager fallback.
+- ``custom.resume``: the random streams of a training run resumed from a checkpoint.
 """
 
 __version__ = "0.1.0"

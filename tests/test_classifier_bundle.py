@@ -105,15 +105,19 @@ def test_train_resume_evaluate_infer_through_cli(tiny_bundle, tmp_path):
              *TINY, "--epoch_length", "2", "--warmup_iterations", "1", "--batch_size", "4", "--val_batch_size", "8"]
     _run(train + ["--epochs", "1"], cwd=tmp_path)
     models = tiny_bundle / "models"
-    assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
+    assert (models / "model.pt").is_file() and torch.load(models / "checkpoint.pt", weights_only=True)["trainer"]["iteration"] == 2
     threshold = json.loads((models / "threshold.json").read_text())
     assert 0.0 <= threshold["threshold"] <= 1.0 and "slice_auc" in threshold
     # resume: a second run with more epochs continues from epoch 1
     proc = _run(train + ["--epochs", "2"], cwd=tmp_path)
     log = proc.stdout + proc.stderr
-    assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
+    assert "Restored all variables from" in log and "checkpoint.pt" in log
     assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
-    assert (models / "checkpoint_epoch=2.pt").is_file()
+    assert torch.load(models / "checkpoint.pt", weights_only=True)["trainer"]["iteration"] == 4
+    assert not list(models.glob("checkpoint_epoch=*.pt")) and not list(models.glob(".*.part*"))
+    history = json.loads((tiny_bundle / "logs" / "validation_history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]  # the resumed run continues the curve of epoch 1
+    assert history[1]["minutes"] >= history[0]["minutes"]
 
     _run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
           str([str(configs / "train.json"), str(configs / "evaluate.json")]), *TINY, "--val_batch_size", "8"], cwd=tmp_path)
@@ -123,6 +127,75 @@ def test_train_resume_evaluate_infer_through_cli(tiny_bundle, tmp_path):
     _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs / "inference.json"), *TINY], cwd=tmp_path)
     probabilities = json.loads((tiny_bundle / "output" / "slice_probabilities.json").read_text())
     assert sorted(probabilities) == ["study4", "study5"] and all(len(p) == 12 for p in probabilities.values())
+
+
+class _ScriptedAUC:
+    """A key metric whose value at the evaluation after training epoch ``e`` is ``scores[e]``."""
+
+    def __init__(self, scores: dict[int, float]) -> None:
+        self.scores = scores
+
+    def attach(self, engine, name: str) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.__setitem__(name, self.scores[e.state.epoch]))
+
+
+def _train_in_process(bundle: Path, epochs: int, scores: dict[int, float]) -> None:
+    from monai.bundle import ConfigWorkflow
+
+    overrides = {"model_name": "tf_efficientnetv2_b0", "feature_stage": 1, "num_workers": 0, "channels_last": False,
+                 "epoch_length": 2, "warmup_iterations": 1, "batch_size": 4, "val_batch_size": 8, "epochs": epochs,
+                 "validate#key_metric": {"val_auc": _ScriptedAUC(scores)}}
+    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train", **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+def test_resumed_training_keeps_the_better_model_and_threshold_of_before_the_interruption(tiny_bundle, tmp_path):
+    """Epoch 1 scores 0.9, the resumed epochs 2 and 3 score 0.5 and 0.6: model.pt and threshold.json stay epoch 1's."""
+    bundle = tmp_path / "classifier"
+    shutil.copytree(tiny_bundle / "configs", bundle / "configs")
+    shutil.copytree(tiny_bundle / "data", bundle / "data")
+    scores = {1: 0.9, 2: 0.5, 3: 0.6}
+    _train_in_process(bundle, 1, scores)
+    models = bundle / "models"
+    best = torch.load(models / "model.pt", weights_only=True)
+    _train_in_process(bundle, 3, scores)  # resumes from epoch 1 with a longer schedule
+    assert json.loads((models / "threshold.json").read_text())["epoch"] == 1
+    kept = torch.load(models / "model.pt", weights_only=True)
+    assert all(torch.equal(kept[name], value) for name, value in best.items())
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint(tiny_bundle, tmp_path):
+    """A crash while the checkpoint of epoch 2 is written: the rerun resumes from epoch 1's checkpoint."""
+    bundle = tmp_path / "classifier"
+    shutil.copytree(tiny_bundle / "configs", bundle / "configs")
+    shutil.copytree(tiny_bundle / "data", bundle / "data")
+    (tmp_path / "crash.py").write_text(
+        "import os, torch\n"
+        "def crash_while_saving(epoch):\n"
+        "    original = torch.save\n"
+        "    def save(obj, f, *args, **kwargs):\n"
+        "        if isinstance(obj, dict) and obj.get('trainer', {}).get('iteration') == 2 * epoch:\n"
+        "            with open(f, 'wb') as out:\n"
+        "                out.write(b'half a checkpoint')\n"
+        "            os._exit(3)\n"
+        "        return original(obj, f, *args, **kwargs)\n"
+        "    torch.save = save\n")
+    overlay = json.loads((bundle / "configs" / "train.json").read_text())
+    overlay = {"imports": overlay["imports"] + ["$import crash"], "initialize": overlay["initialize"] + ["$crash.crash_while_saving(2)"]}
+    (tmp_path / "crash.json").write_text(json.dumps(overlay))
+    train = [sys.executable, "-m", "monai.bundle", "run", "training", *TINY, "--epoch_length", "2", "--warmup_iterations", "1",
+             "--batch_size", "4", "--val_batch_size", "8", "--epochs", "3"]
+    crashed = subprocess.run(train + ["--config_file", str([str(bundle / "configs" / "train.json"), str(tmp_path / "crash.json")])],
+                             cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+                             capture_output=True, text=True, timeout=600)
+    assert crashed.returncode == 3, crashed.stdout[-2000:] + crashed.stderr[-2000:]
+    proc = _run(train + ["--config_file", str(bundle / "configs" / "train.json")], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert "Restored all variables from" in log and "Epoch[2] Complete" in log
 
 
 @pytest.mark.slow

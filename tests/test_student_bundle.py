@@ -220,6 +220,36 @@ def _workflow(files: list[str], workflow_type: str, **overrides) -> ConfigWorkfl
                           **{**tiny, **overrides})
 
 
+class _ScriptedF1:
+    """A key metric whose value at the evaluation after training epoch ``e`` is ``scores[e]``."""
+
+    def __init__(self, scores: dict[int, float]) -> None:
+        self.scores = scores
+
+    def attach(self, engine, name: str) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.__setitem__(name, self.scores[e.state.epoch]))
+
+
+def test_resumed_training_keeps_the_better_model_of_before_the_interruption(workspace, tmp_path) -> None:
+    """Epochs 1 and 2 score 0.9 and 0.3, the resumed epochs 3 and 4 score 0.5 and 0.6: models/model.pt stays epoch 1's."""
+    data, scores = workspace["data"], {1: 0.9, 2: 0.3, 3: 0.5, 4: 0.6}
+
+    def train(num_iterations: int) -> None:
+        workflow = _workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(data), pseudo_label_dir=str(data / "pseudo"),
+                             iterations_per_epoch=1, num_iterations=num_iterations, **{"validate#key_metric": {"val_cluster_f1": _ScriptedF1(scores)}})
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+
+    train(2)
+    best = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    train(4)  # resumes from iteration 2 with a longer schedule
+    kept = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(kept[name], value) for name, value in best.items())
+
+
 @pytest.mark.parametrize("extra", [[], ["demo.json"], ["finetune.json"], ["random_init.json"]], ids=["train", "demo", "finetune", "random_init"])
 def test_train_properties(workspace, extra: list[str]) -> None:
     root, data = workspace["root"], workspace["data"]

@@ -8,7 +8,8 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
 from custom.io.errors import InputError
-from custom.student.checkpoint import LatestCheckpointSaver, check_pretrained_checkpoint
+from custom.handlers import LatestCheckpointSaver
+from custom.student.checkpoint import check_pretrained_checkpoint
 
 
 def _trainer(net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Engine:
@@ -62,6 +63,27 @@ def test_saves_every_interval_and_resumes(tmp_path) -> None:
     assert all(m.abs().sum() > 0 for m in saved_momentum)
     for got, expected in zip(restored["momentum"], saved_momentum):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_a_save_at_an_epoch_end_waits_for_the_validation(tmp_path) -> None:
+    """A run killed during the validation after epoch 1 must resume into epoch 1's end, so it validates that model."""
+    path = tmp_path / "checkpoint.pt"
+    net = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    trainer = _trainer(net, optimizer)
+    validated = []
+
+    def validate(engine: Engine) -> None:  # the ValidationHandler, attached before the saver (as in the bundles)
+        if engine.state.epoch == 2:
+            raise KeyboardInterrupt  # interrupted during the validation of epoch 2
+        validated.append(torch.load(path, weights_only=False)["trainer"]["iteration"] if path.is_file() else None)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, validate)
+    LatestCheckpointSaver(path, {"model": net, "optimizer": optimizer, "trainer": trainer}, interval=2).attach(trainer)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run([torch.ones(2, 3)] * 4, max_epochs=3)  # iterations 2 and 6 are interval saves inside epochs
+    assert validated == [2]  # epoch 1 (iterations 1-4) was validated before the save of its last iteration
+    assert torch.load(path, weights_only=False)["trainer"]["iteration"] == 6  # not 8: epoch 2 still needs its validation
 
 
 def test_invalid_settings() -> None:

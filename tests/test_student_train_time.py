@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 
+import torch
 from ignite.engine import Engine
+from monai.handlers import CheckpointLoader
 
 from custom.student.train_time import TrainingTimeWriter
 
@@ -42,3 +44,32 @@ def test_interval_writes_before_the_epoch_ends(tmp_path) -> None:
     engine.run(range(5), max_epochs=1)
     assert seen == [None, None, 2, 2, 4]
     assert json.loads(path.read_text())["iterations"] == 5
+
+
+def test_a_checkpoint_loaded_after_the_writer_attached_is_seen(tmp_path) -> None:
+    """As in train.json: the writer is a train handler, the CheckpointLoader (a STARTED handler) is attached later."""
+    path = tmp_path / "train_minutes.json"
+    engine = Engine(lambda e, b: time.sleep(0.02))
+    TrainingTimeWriter(path).attach(engine)
+    engine.run(range(2), max_epochs=2)
+    first = json.loads(path.read_text())
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"trainer": engine.state_dict()}, checkpoint)
+    resumed = Engine(lambda e, b: time.sleep(0.02))
+    TrainingTimeWriter(path).attach(resumed)
+    CheckpointLoader(str(checkpoint), {"trainer": resumed}).attach(resumed)
+    start = time.perf_counter()
+    resumed.run(range(2), max_epochs=4)
+    seconds = time.perf_counter() - start
+    second = json.loads(path.read_text())
+    assert second["iterations"] == 8
+    assert second["minutes"] >= first["minutes"] + 4 * 0.02 / 60  # the minutes before the interruption are kept
+    assert second["seconds_per_iteration"] >= seconds / 4 * 0.9  # over the 4 iterations of this run, not all 8
+
+    torch.save({"trainer": resumed.state_dict()}, checkpoint)
+    rerun = Engine(lambda e, b: None)  # a finished run rerun: nothing to train, the record stays
+    TrainingTimeWriter(path).attach(rerun)
+    CheckpointLoader(str(checkpoint), {"trainer": rerun}).attach(rerun)
+    rerun.run(range(2), max_epochs=4)
+    assert json.loads(path.read_text()) == second

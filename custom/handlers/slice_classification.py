@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
 import os
 import time
 from abc import ABC, abstractmethod
@@ -28,6 +30,8 @@ else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = ["SliceClassificationReport", "SliceProbabilityWriter", "best_f1_threshold", "roc_auc"]
+
+logger = logging.getLogger(__name__)
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -123,23 +127,46 @@ class SliceClassificationReport(_SliceCollector):
 
     With ``history_file`` it also keeps the validation curve: one record per evaluation with the
     minutes since the handler was created (the training run's start), for AUC-against-time plots.
+    A run resumed from a checkpoint (``resume``) continues the file: it keeps the records of the
+    epochs before its first evaluation, and its minutes go on from the last of them (the time of an
+    interrupted, repeated partial epoch is not counted, as in an uninterrupted run).
 
     Args:
         threshold_file: JSON path for the threshold of the best epoch (``None``: not saved).
         history_file: JSON path of the validation curve (``None``: not kept).
         pred_key: key of the probability in the engine output.
         label_key: key of the slice label in the batch.
+        resume: the training run resumes from a checkpoint (``False``: a new curve replaces the file).
     """
 
     def __init__(
-        self, threshold_file: str | None = None, history_file: str | None = None, pred_key: str = "pred", label_key: str = "label"
+        self,
+        threshold_file: str | None = None,
+        history_file: str | None = None,
+        pred_key: str = "pred",
+        label_key: str = "label",
+        resume: bool = False,
     ) -> None:
         super().__init__(pred_key, label_key)
         self.threshold_file = threshold_file
         self.history_file = history_file
         self.summary: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
+        self._resume = bool(resume)
+        self._minutes_before = 0.0
         self._start = time.perf_counter()
+
+    def _earlier_history(self, epoch: int) -> list[dict[str, float]]:
+        """The records of ``history_file`` before ``epoch`` (the resumed run's first evaluation)."""
+        if not self.history_file or not os.path.isfile(self.history_file):
+            return []
+        try:
+            with open(self.history_file) as f:
+                records = json.load(f)
+            return [r for r in records if int(r["epoch"]) < epoch]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.warning(f"{self.history_file}: unreadable ({type(error).__name__}: {error}); the resumed run starts a new curve")
+            return []
 
     def _epoch_completed(self, engine: Engine) -> None:
         rows = self.gathered()
@@ -158,7 +185,11 @@ class SliceClassificationReport(_SliceCollector):
         }
         engine.state.metrics.update(self.summary)
         if self.history_file and idist.get_rank() == 0:
-            minutes = (time.perf_counter() - self._start) / 60.0
+            if self._resume:  # the first evaluation of a resumed run: continue the curve before it
+                self._resume = False
+                self.history = self._earlier_history(int(engine.state.epoch)) + self.history
+                self._minutes_before = float(self.history[-1]["minutes"]) if self.history else 0.0
+            minutes = self._minutes_before + (time.perf_counter() - self._start) / 60.0
             self.history.append({"epoch": int(engine.state.epoch), "minutes": round(minutes, 3), **self.summary})
             write_json_atomic(self.history_file, self.history)
         improved = getattr(engine.state, "best_metric_epoch", -1) == engine.state.epoch

@@ -2,7 +2,7 @@
 
 from custom.student.batching import studies_per_batch
 from custom.student.calibration import calibrate_student_threshold, calibrate_threshold, load_calibration, read_threshold
-from custom.student.checkpoint import LatestCheckpointSaver, check_pretrained_checkpoint
+from custom.student.checkpoint import check_pretrained_checkpoint
 from custom.student.datalist import annotated_subset, attach_pseudo_labels, labelled_entries
 from custom.student.evaluation_report import EvaluationReportWriter, study_uids_from_batch
 from custom.student.findings import find_clusters, study_findings
@@ -14,7 +14,6 @@ from custom.student.train_time import TrainingTimeWriter
 __all__ = [
     "EvaluationReportWriter",
     "FROCMetricHandler",
-    "LatestCheckpointSaver",
     "SaveStudentOutputsd",
     "TrainingTimeWriter",
     "annotated_subset",

@@ -18,7 +18,9 @@ class TrainingTimeWriter:
     """Write ``{"minutes", "iterations", "seconds_per_iteration"}`` every ``interval`` iterations, at every epoch end and at completion.
 
     ``minutes`` is the wall time of training including validation. A run resumed from a checkpoint
-    (``engine.state.iteration > 0`` when it starts) adds its time to the minutes already in the file.
+    (``engine.state.iteration > 0`` when its first epoch starts, i.e. after every ``STARTED`` handler,
+    the ``CheckpointLoader`` attached after this writer included) adds its time to the minutes already
+    in the file. A run with nothing left to train (a finished run rerun) leaves the file as it is.
 
     Args:
         path: the JSON file, e.g. ``logs/train_minutes.json``. Only rank 0 writes.
@@ -32,12 +34,13 @@ class TrainingTimeWriter:
         self.path = os.fspath(path)
         self.interval = interval
         self._start = 0.0
-        self._start_iteration = 0
+        self._start_iteration: int | None = None
         self._previous_minutes = 0.0
 
     def attach(self, engine: Engine) -> None:
         """Start the clock when ``engine`` starts; write every ``interval`` iterations, at each epoch end and at completion."""
         engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._first_epoch_started)
         if self.interval is not None:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -45,15 +48,23 @@ class TrainingTimeWriter:
 
     def _started(self, engine: Engine) -> None:
         self._start = time.perf_counter()
-        self._start_iteration = int(engine.state.iteration)
+        self._start_iteration = None
         self._previous_minutes = 0.0
+
+    def _first_epoch_started(self, engine: Engine) -> None:
+        """Read where the run starts once every ``STARTED`` handler, a checkpoint's loader included, has run."""
+        if self._start_iteration is not None:
+            return
+        self._start_iteration = int(engine.state.iteration)
         if self._start_iteration > 0 and os.path.isfile(self.path):
             with open(self.path) as f:
                 self._previous_minutes = float(json.load(f).get("minutes", 0.0))
 
     def __call__(self, engine: Engine) -> None:
-        """Write the record now."""
+        """Write the record now (not before the first epoch has started: a finished run rerun keeps its record)."""
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        if self._start_iteration is None:
             return
         seconds = time.perf_counter() - self._start
         done = int(engine.state.iteration) - self._start_iteration
