@@ -76,7 +76,7 @@ def student_stages(run: PipelineRun) -> list[Stage]:
         if name != "student":
             train["annotated_fraction"] = float(run.profile["annotated_fraction"])
             train["ckpt_dir"] = str(ckpt_dir)
-            train["output_dir"] = str(root / "logs" / name)
+        train["output_dir"] = str(_train_log_dir(root, name))
         if name == "finetuned":
             train["pretrained_checkpoint"] = str(root / "models" / "model.pt")
         multi = ["multi_gpu_train.json"] if run.nproc > 1 else []
@@ -104,6 +104,20 @@ def student_stages(run: PipelineRun) -> list[Stage]:
                   summary=lambda path=metrics: _score_summary(path)),
         ]
     return stages
+
+
+def _train_log_dir(root: Path, name: str) -> Path:
+    """The training run's ``output_dir`` (TensorBoard, ``train_minutes.json``) of model ``name`` under the student bundle root."""
+    return root / "logs" if name == "student" else root / "logs" / name
+
+
+def _training_minutes(path: Path) -> float | None:
+    """``minutes`` of the bundle's ``train_minutes.json`` (summed over resumed runs), or ``None`` when unreadable."""
+    try:
+        minutes = json.loads(path.read_text())["minutes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(minutes) if isinstance(minutes, (int, float)) and not isinstance(minutes, bool) and minutes >= 0 else None
 
 
 def _metrics(report: dict[str, Any], calibration: Path) -> dict[str, Any]:
@@ -140,11 +154,16 @@ def student_results(run: PipelineRun) -> dict[str, Any]:
         if run_1.get("strict"):
             rows["teacher"]["strict"] = run_1["strict"]
     stages = json.loads((run.work / "stages.json").read_text()) if (run.work / "stages.json").exists() else {}
+    root = run.path("student")
     for name, (_, ckpt, _, _) in MODELS.items():
         path = run.path("student", "eval", f"{name}_test_metrics.json")
         if path.exists():
             rows[name] = _metrics(json.loads(path.read_text()), run.path("student", ckpt, "threshold.json"))
+            # the bundle's own record sums the attempts of a resumed training; the stage's seconds are its last attempt's
+            minutes = _training_minutes(_train_log_dir(root, name) / "train_minutes.json")
             train = stages.get(f"{name}_train", {})
-            if train.get("status") == "done":
+            if minutes is not None:
+                rows[name]["train_minutes"] = minutes
+            elif train.get("status") == "done":
                 rows[name]["train_minutes"] = train["seconds"] / 60.0
     return rows
