@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
-from monai.utils import min_version, optional_import, set_determinism
-
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+from monai.utils import set_determinism
 
 __all__ = ["reseed_when_resumed"]
 

@@ -20,18 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from monai.utils import min_version, optional_import
+import ignite.distributed as idist
+from ignite.engine import Engine, Events
 
 from custom.io.atomic import write_json_atomic
-
-idist, _ = optional_import("ignite.distributed", "0.4.11", min_version)
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = ["BestModelRecord"]
 
@@ -98,12 +92,10 @@ class BestModelRecord:
                 os.remove(self.path)
             self._recorded = None
             return
-        reason = self._untrusted_because()
-        if reason:
+        record, reason = self._trusted_record()
+        if record is None:
             logger.warning(f"{self.path}: {reason}; the first validation of the resumed run replaces {self.model_file}")
             return
-        with open(self.path) as f:
-            record = json.load(f)
         self.evaluator.state.best_metric = float(record["value"])
         self.evaluator.state.best_metric_epoch = int(record["epoch"])
         if self.saver is not None:
@@ -111,19 +103,19 @@ class BestModelRecord:
         self._recorded = (int(record["model_bytes"]), int(record["model_mtime_ns"]))
         logger.info(f"resumed with the best {record['key_metric']} {record['value']:.4f} of epoch {record['epoch']} ({self.model_file})")
 
-    def _untrusted_because(self) -> str:
-        """Why the record cannot stand for the weights on disk ('' when it can)."""
+    def _trusted_record(self) -> tuple[dict[str, Any] | None, str]:
+        """``(record, "")`` when the record stands for the weights on disk, else ``(None, why not)``."""
         if not os.path.isfile(self.path):
-            return "no record of the best model (a run started before it was kept)"
+            return None, "no record of the best model (a run started before it was kept)"
         try:
             with open(self.path) as f:
                 record = json.load(f)
             recorded = (int(record["model_bytes"]), int(record["model_mtime_ns"]))
             float(record["value"]), int(record["epoch"])
         except (OSError, ValueError, KeyError, TypeError) as error:
-            return f"unreadable ({type(error).__name__}: {error})"
+            return None, f"unreadable ({type(error).__name__}: {error})"
         if record.get("key_metric") != self.evaluator.state.key_metric_name:
-            return f"records {record.get('key_metric')!r}, the evaluator ranks by {self.evaluator.state.key_metric_name!r}"
+            return None, f"records {record.get('key_metric')!r}, the evaluator ranks by {self.evaluator.state.key_metric_name!r}"
         if _stat(self.model_file) != recorded:
-            return f"{self.model_file} is missing or was written after the record"
-        return ""
+            return None, f"{self.model_file} is missing or was written after the record"
+        return record, ""
