@@ -30,10 +30,14 @@ import yaml
 from custom.io.atomic import atomic_path
 from custom.io.errors import InputError
 
-__all__ = ["WEIGHT_FILES", "bundle_version", "large_files_entries", "package_bundle", "sha256_of", "weight_members"]
+__all__ = ["RESUME_STATE_FILES", "WEIGHT_FILES", "bundle_version", "large_files_entries", "package_bundle", "sha256_of", "weight_members"]
 
 WEIGHT_FILES: tuple[str, ...] = ("model.pt", "model.ts")
 """The weight files taken from a models folder (the training resume state ``checkpoint.pt`` is left out)."""
+
+RESUME_STATE_FILES: tuple[str, ...] = ("best_metric.json",)
+"""JSON files of a models folder that are training resume state, not model files, and are left out
+(``custom.handlers.BestModelRecord``'s record, valid only beside the ``model.pt`` it was written with)."""
 
 _REQUIRED = ("configs/metadata.json", "LICENSE", "docs/README.md")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -75,7 +79,7 @@ def weight_members(weights: str | os.PathLike) -> list[tuple[Path, str]]:
 
     Args:
         weights: a models folder (its ``model.pt``/``model.ts`` and top-level ``*.json`` files are
-            taken) or one checkpoint file (shipped as ``models/model.ts`` when its suffix is
+            taken, except the resume state ``RESUME_STATE_FILES``) or one checkpoint file (shipped as ``models/model.ts`` when its suffix is
             ``.ts``, else as ``models/model.pt``, the name the bundle configs load).
 
     Returns:
@@ -92,7 +96,7 @@ def weight_members(weights: str | os.PathLike) -> list[tuple[Path, str]]:
     found = [source / name for name in WEIGHT_FILES if (source / name).is_file()]
     if not found:
         raise InputError(f"{source}: no {' or '.join(WEIGHT_FILES)} in the models folder")
-    found += sorted(p for p in source.glob("*.json") if p.is_file())
+    found += sorted(p for p in source.glob("*.json") if p.is_file() and p.name not in RESUME_STATE_FILES)
     return sorted(((p, f"models/{p.name}") for p in found), key=lambda item: item[1])
 
 

@@ -100,6 +100,7 @@ def _toy_bundle(root: Path) -> tuple[Path, Path]:
     (models / "model.pt").write_bytes(b"weights")
     (models / "threshold.json").write_text('{"threshold": 0.4}')
     (models / "checkpoint.pt").write_bytes(b"resume state")
+    (models / "best_metric.json").write_text('{"metric": 0.9}')  # custom.handlers.BestModelRecord's record
     return bundle, models
 
 
@@ -114,7 +115,7 @@ def test_zip_members_have_the_fixed_date_and_leave_out_the_resume_state(tmp_path
     assert all(info.date_time == (1980, 1, 1, 0, 0, 0) for info in infos), [info.date_time for info in infos]
     assert names[:-1] == sorted(names[:-1]) and names[-1] == "toy_bundle/large_files.yml"  # written last
     assert "toy_bundle/models/model.pt" in names and "toy_bundle/models/threshold.json" in names
-    assert not any(name.endswith("checkpoint.pt") for name in names)
+    assert not any(name.endswith(("checkpoint.pt", "best_metric.json")) for name in names)
     assert [entry["path"] for entry in large_files["large_files"]] == ["models/model.pt"]  # JSON is not a large file
     first = zip_path.read_bytes()
     for path in [*bundle.rglob("*"), *models.iterdir()]:  # new modification times, same contents
