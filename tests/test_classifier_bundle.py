@@ -84,6 +84,14 @@ def test_best_f1_threshold_matches_brute_force():
     assert 2 * (predicted & labels).sum() / (predicted.sum() + labels.sum()) == pytest.approx(best)
 
 
+@pytest.mark.parametrize("scores", [np.zeros(4), np.full(4, 1e-9), np.array([0.3, 0.2, 0.1, 0.05])])
+def test_best_f1_threshold_including_every_slice_is_a_probability(scores):
+    # all slices positive: the best cut keeps them all; the threshold lies between the lowest score and 0
+    # (it had been the lowest score - 1e-6, negative for saturated scores, which the teacher refuses)
+    threshold, f1 = best_f1_threshold(scores, np.ones(4, dtype=bool))
+    assert f1 == 1.0 and 0.0 <= threshold <= scores.min() and threshold == pytest.approx(scores.min() / 2)
+
+
 def test_workflow_properties_are_complete(tiny_bundle):
     from monai.bundle import ConfigWorkflow
 

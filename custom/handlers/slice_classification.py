@@ -48,7 +48,8 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, fl
     """The probability threshold with the best F1, and that F1.
 
     The threshold is the midpoint between the last included and the first excluded score, so it
-    generalises a little better than a score value itself.
+    generalises a little better than a score value itself; when every slice is included, the
+    midpoint between the lowest score and 0, the lowest probability (so it is never negative).
 
     Returns:
         ``(threshold, f1)``; ``(0.5, 0.0)`` when there is no positive slice.
@@ -68,7 +69,7 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, fl
     f1 = np.where(distinct, f1, -1.0)
     best = int(np.argmax(f1))
     upper = sorted_scores[best]
-    lower = sorted_scores[best + 1] if best + 1 < scores.size else upper - 1e-6
+    lower = sorted_scores[best + 1] if best + 1 < scores.size else min(upper, 0.0)
     return float(0.5 * (upper + lower)), float(f1[best])
 
 
