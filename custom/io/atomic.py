@@ -1,10 +1,11 @@
-"""Atomic file writes: a reader never sees a half-written file, and a crash loses nothing already written."""
+"""Atomic file writes: a reader never sees a half-written file, and a crashed or killed process loses
+nothing already written (the rename is atomic; the data is not fsynced, so a power loss is not covered)."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,19 +31,31 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     final.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(final.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}", dir=final.parent)
-    os.close(fd)
-    # mkstemp creates 0600; give the file the permissions a plain open() would (0666 minus umask)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    tmp_path = Path(tmp)
+    tmp_path = _create_beside(final, suffix)
     try:
         yield tmp_path
         os.replace(tmp_path, final)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _create_beside(final: Path, suffix: str) -> Path:
+    """Create an empty, unique temporary file beside ``final`` and return its path.
+
+    Opened with mode 0666, so the kernel applies the process umask as for a plain ``open()``
+    (``tempfile.mkstemp`` gives 0600, and reading the umask with ``os.umask`` sets it to 0 for a
+    moment, for every thread of the process).
+    """
+    for _ in range(100):
+        candidate = final.parent / f".{final.name}.{secrets.token_hex(6)}.part{suffix}"
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise FileExistsError(f"{final.parent}: no free temporary name for {final.name}")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

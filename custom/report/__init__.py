@@ -53,7 +53,7 @@ from custom.report.results import ResultsValueError, load_results
 __all__ = ["build_report", "render_html", "render_markdown", "write_report"]
 
 
-#: Permissions of the report files: readable by everyone (the temporary files of the atomic writes are 0600).
+#: Permissions of the report files: readable by everyone whatever the umask (the report is meant to be shared).
 FILE_MODE = 0o644
 
 
