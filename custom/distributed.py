@@ -1,8 +1,9 @@
-"""Gathering per-rank Python lists when a bundle runs under ``torchrun`` (one concept: rank-to-all gather).
+"""Ranks of a bundle run under ``torchrun``: which one writes, and gathering per-rank Python lists.
 
 Evaluation handlers and metrics collect picklable records per rank (a ``DistributedSampler`` shards
-the studies); their summaries need every rank's records. Without an initialised process group, or
-with one rank, the list is returned as is.
+the studies); their summaries need every rank's records (:func:`all_gather_list`). Without an
+initialised process group, or with one rank, the list is returned as is. Files that every rank
+would write alike are written by the main process only (:func:`is_main_process`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
-__all__ = ["all_gather_list"]
+__all__ = ["all_gather_list", "is_main_process"]
 
 T = TypeVar("T")
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run's shared files: rank 0, or the only process when not distributed."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def all_gather_list(items: list[T]) -> list[T]:

@@ -18,7 +18,6 @@ The zip is reproducible (members sorted, fixed timestamps) and written atomicall
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,8 +28,9 @@ import yaml
 
 from custom.io.atomic import atomic_path
 from custom.io.errors import InputError
+from custom.io.hashing import sha256_of
 
-__all__ = ["RESUME_STATE_FILES", "WEIGHT_FILES", "bundle_version", "large_files_entries", "package_bundle", "sha256_of", "weight_members"]
+__all__ = ["RESUME_STATE_FILES", "WEIGHT_FILES", "bundle_version", "large_files_entries", "package_bundle", "weight_members"]
 
 WEIGHT_FILES: tuple[str, ...] = ("model.pt", "model.ts")
 """The weight files taken from a models folder (the training resume state ``checkpoint.pt`` is left out)."""
@@ -63,15 +63,6 @@ def bundle_version(bundle_dir: str | os.PathLike) -> str:
     if not isinstance(version, str) or not version.strip():
         raise InputError(f"{path}: no \"version\" string")
     return version.strip()
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weight_members(weights: str | os.PathLike) -> list[tuple[Path, str]]:

@@ -19,7 +19,6 @@ from typing import Any
 
 import fire
 import numpy as np
-import torch
 from monai.bundle import ConfigParser
 
 from custom.data import window_hu
@@ -27,6 +26,7 @@ from custom.explain import IntegratedGradientsExplainer
 from custom.explain.pointing_game import pointing_game
 from custom.io.atomic import write_json_atomic
 from custom.io.nifti import read_volume
+from custom.teacher.classifier import load_classifier
 
 __all__ = ["main", "positive_studies"]
 
@@ -77,10 +77,7 @@ def main(
     parser = ConfigParser()
     parser.read_config([str(REPO / "bundles" / "classifier" / "configs" / f) for f in files])
     parser.update({"bundle_root": bundle_root, "device": "$torch.device('cpu')", **(overrides or {})})
-    network = parser.get_parsed_content("network_def")
-    weights = Path(bundle_root) / "models" / "model.pt"
-    network.load_state_dict(torch.load(weights, map_location="cpu"))
-    network.eval()
+    network = load_classifier(parser.get_parsed_content("network_def"), Path(bundle_root) / "models" / "model.pt", "cpu")
     window = parser.get_parsed_content("window")
     entries = json.loads(Path(datalist).read_text())[data_list_key]
     studies, skipped = positive_studies(entries, dataset_dir, window, mask_dir)

@@ -22,7 +22,8 @@ from monai.bundle import ConfigParser, download_large_files
 
 from custom.io.errors import InputError
 from custom.io.nifti import read_volume, write_volume
-from custom.packaging import package_bundle, sha256_of
+from custom.io.hashing import sha256_of
+from custom.packaging import package_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 STUDENT = REPO / "bundles" / "dynunet_student"

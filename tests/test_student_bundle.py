@@ -424,7 +424,7 @@ def test_schedule_settings_are_checked_with_their_names(overrides, message) -> N
 
 @pytest.mark.parametrize("window", [[100, -400], [100, 0], [100], "100,400", [100, float("nan")]])
 def test_hu_window_is_checked_before_it_inverts_or_unscales_the_image(window) -> None:
-    from custom.student import hu_window_bounds
+    from custom.transforms import hu_window_bounds
 
     assert hu_window_bounds([100, 400]) == (-100.0, 300.0)
     with pytest.raises(ValueError, match="window"):
@@ -449,3 +449,33 @@ def test_training_batch_size_must_be_whole_studies(batch_size, samples, expected
         parser.get_parsed_content("train#dataloader#batch_size")
     assert isinstance(raised.value.__cause__, ValueError)
     assert re.search(r"batch_size .*must be (a multiple of samples_per_study|an integer >= 1)", str(raised.value.__cause__))
+
+
+def test_calibration_redoes_the_validation_maps_of_retrained_weights(tmp_path) -> None:
+    """The reproducer of the stale-output bug: after a retrain, calibrate.json must not reuse the old model's maps."""
+    from monai.data import MetaTensor
+
+    from custom.student import SaveStudentOutputsd
+
+    ckpt, out, data = tmp_path / "models", tmp_path / "val_output", tmp_path / "data"
+    ckpt.mkdir()
+    (data / "images").mkdir(parents=True)
+    entry = {"image": "images/1.2.3.nii.gz", "label": "images/1.2.3.nii.gz", "study_uid": "1.2.3"}
+    (data / "datalist.json").write_text(json.dumps({"training": [], "validation": [entry], "test": []}))
+
+    def pending() -> tuple[int, dict]:
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "calibrate.json")])
+        parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(data)})
+        settings = parser.get_parsed_content("output_settings")
+        return len(parser.get_parsed_content("dataset#data")), settings
+
+    (ckpt / "model.pt").write_bytes(b"weights of run 1")
+    count, settings = pending()
+    assert count == 1 and settings["threshold"] == 0.5 and len(settings["weights_sha256"]) == 64
+    image = torch.zeros((1, 4, 4, 4))
+    item = {"image": MetaTensor(image, meta={"filename_or_obj": "1.2.3.nii.gz"}), "pred": image.clone(), "study_uid": "1.2.3"}
+    SaveStudentOutputsd(keys="pred", output_dir=out, settings=settings)(item)
+    assert pending()[0] == 0  # done with these weights
+    (ckpt / "model.pt").write_bytes(b"weights of run 2")  # retrained
+    assert pending()[0] == 1

@@ -70,3 +70,31 @@ def test_pending_entries_skip_complete_studies(tmp_path) -> None:
     partial = student_output_paths(tmp_path, "b")
     partial["prob"].write_text("x")  # an interrupted study is redone
     assert pending_entries(entries, tmp_path) == entries[1:]
+
+
+SETTINGS = {"weights_sha256": "ab" * 32, "threshold": 0.6, "window": (100, 400), "patch_size": [128, 128, 64]}
+
+
+def test_findings_record_the_output_settings(tmp_path) -> None:
+    SaveStudentOutputsd(keys="pred", output_dir=tmp_path, settings=SETTINGS)(_item())
+    findings = json.loads(student_output_paths(tmp_path, "1.2.3")["clusters"].read_text())
+    assert findings["settings"] == {**SETTINGS, "window": [100, 400]}  # as JSON reads it back
+    SaveStudentOutputsd(keys="pred", output_dir=tmp_path / "plain")(_item())
+    assert "settings" not in json.loads(student_output_paths(tmp_path / "plain", "1.2.3")["clusters"].read_text())
+
+
+def test_pending_entries_redo_studies_made_with_other_settings(tmp_path, caplog) -> None:
+    """After a retrain (new weights hash) or with another threshold, existing outputs are not kept."""
+    entries = [{"image": f"/d/images/{uid}.nii.gz", "study_uid": uid} for uid in ("a", "b", "c", "d", "e")]
+    for uid, settings in (("a", SETTINGS), ("b", {**SETTINGS, "weights_sha256": "cd" * 32}), ("c", {**SETTINGS, "threshold": 0.5}), ("d", None)):
+        SaveStudentOutputsd(keys="pred", output_dir=tmp_path, settings=settings)(_item(uid=uid))
+    for uid in "abcd":
+        assert all(p.is_file() for p in student_output_paths(tmp_path, uid).values())
+    assert pending_entries(entries, tmp_path) == entries[4:]  # without settings: completeness only
+    with caplog.at_level("INFO", logger="custom.student.outputs"):
+        assert pending_entries(entries, tmp_path, SETTINGS) == entries[1:]
+    assert "b_clusters.json was made with other settings (weights_sha256 'cdcd" in caplog.text
+    assert "c_clusters.json was made with other settings (threshold 0.5 -> 0.6)" in caplog.text
+    assert "d_clusters.json records no settings" in caplog.text
+    student_output_paths(tmp_path, "a")["clusters"].write_text("{broken")  # unreadable: redone, not an error
+    assert pending_entries(entries, tmp_path, SETTINGS)[0] == entries[0]

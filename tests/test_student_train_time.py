@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
+import pytest
 import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
@@ -73,3 +75,17 @@ def test_a_checkpoint_loaded_after_the_writer_attached_is_seen(tmp_path) -> None
     CheckpointLoader(str(checkpoint), {"trainer": rerun}).attach(rerun)
     rerun.run(range(2), max_epochs=4)
     assert json.loads(path.read_text()) == second
+
+
+@pytest.mark.parametrize("record", ['{"minutes": null}', "{not json", '{"minutes": -3}', "[]"])
+def test_a_bad_record_does_not_stop_the_resumed_training(tmp_path, caplog, record) -> None:
+    path = tmp_path / "train_minutes.json"
+    path.write_text(record)
+    resumed = Engine(lambda e, b: None)
+    TrainingTimeWriter(path).attach(resumed)
+    resumed.load_state_dict({"iteration": 6, "max_epochs": 2, "epoch_length": 3})
+    with caplog.at_level(logging.WARNING, logger="custom.student.train_time"):
+        resumed.run(range(3), max_epochs=3)
+    written = json.loads(path.read_text())
+    assert written["iterations"] == 9 and 0.0 <= written["minutes"] < 1.0  # counted from 0
+    assert "unreadable training time" in caplog.text and str(path) in caplog.text

@@ -29,6 +29,7 @@ from monai.transforms import ScaleIntensityRange
 
 from custom.io.errors import InputError
 from custom.transforms.contrast_adjacency import remove_unenhanced_clusters
+from custom.transforms.window import hu_window_bounds
 
 __all__ = ["StudentModel", "load_student", "predict_probability", "resolve_model_path"]
 
@@ -193,6 +194,7 @@ def load_student(
     if kind == "bundle":
         network = _bundle_network(source, parser, device)
     window = parser.get_parsed_content("window")
+    hu_window_bounds(window)  # a bad window is refused at load, as the bundle's inference refuses it
     return StudentModel(
         network=network.eval(),
         inferer=parser.get_parsed_content("inferer"),
@@ -202,7 +204,7 @@ def load_student(
         contrast_hu=float(parser.get_parsed_content("contrast_hu") if "contrast_hu" in parser else 200.0),
         contrast_min_share=float(parser.get_parsed_content("contrast_min_share") if "contrast_min_share" in parser else 0.0),
         device=device,
-        amp=device.type == "cuda" and bool(parser.get("amp", True)),
+        amp=device.type == "cuda" and (bool(parser.get_parsed_content("amp")) if "amp" in parser else True),
         source=source,
         kind=kind,
         name=str(meta.get("name", "")),
@@ -227,8 +229,8 @@ def predict_probability(model: StudentModel, volume_zyx: np.ndarray) -> np.ndarr
     volume = np.asarray(volume_zyx, dtype=np.float32)
     if volume.ndim != 3 or not np.isfinite(volume).all():
         raise InputError(f"expected a finite 3D (Z, Y, X) HU volume, got shape {volume.shape}")
-    centre, width = model.window
-    scale = ScaleIntensityRange(a_min=centre - width / 2, a_max=centre + width / 2, b_min=0.0, b_max=1.0, clip=True)
+    low, high = hu_window_bounds(model.window)
+    scale = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
     image = scale(torch.from_numpy(np.ascontiguousarray(volume.transpose(2, 1, 0)))[None])  # (1, X, Y, Z) as LoadImage gives
     batch = torch.as_tensor(image, dtype=torch.float32)[None].to(model.device)
     with torch.no_grad(), torch.autocast(model.device.type, enabled=model.amp):

@@ -6,7 +6,7 @@ or beyond a 2D Euclidean distance threshold from the study center ... are remove
 ``custom.explain.grid_scaling`` scales them to other grids.
 
 A cluster is a connected component of the study mask with 26-connectivity (faces, edges and corners,
-``scipy.ndimage.label``). Its centre is the centroid of its voxels; the study centre is the in-plane
+``custom.metrics.label_clusters``, equal to ``scipy.ndimage.label``). Its centre is the centroid of its voxels; the study centre is the in-plane
 image centre ``((H - 1) / 2, (W - 1) / 2)``, and the distance between them is measured in-plane, in
 pixels of the grid.
 """
@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from custom.metrics.cluster_matching import label_clusters
 
 __all__ = ["FILTER_OFF_CENTER", "FILTER_SMALL", "Cluster", "filter_clusters", "label_clusters"]
 
@@ -49,15 +51,6 @@ class Cluster:
     def to_dict(self) -> dict:
         """JSON-ready dictionary of the fields."""
         return asdict(self)
-
-
-def label_clusters(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Connected components of a ``(Z, Y, X)`` mask with 26-connectivity: ``(labels int32, count)``."""
-    array = np.asarray(mask)
-    if array.ndim != 3:
-        raise ValueError(f"expected a (Z, Y, X) mask, got shape {array.shape}")
-    labels, count = ndimage.label(array > 0, structure=np.ones((3, 3, 3), dtype=bool))
-    return labels.astype(np.int32, copy=False), int(count)
 
 
 def filter_clusters(

@@ -33,7 +33,7 @@ from custom.explain.integrated_gradients import IntegratedGradientsExplainer
 from custom.io.errors import InputError
 from custom.precision import is_auto, resolve_autocast_dtype, resolve_channels_last
 
-__all__ = ["IExplainTeacher", "StudyExplanation", "explain_study"]
+__all__ = ["WINDOW_DEPTH", "IExplainTeacher", "StudyExplanation", "explain_study"]
 
 WINDOW_DEPTH = 7
 

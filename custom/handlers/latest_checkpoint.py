@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from custom.distributed import is_main_process
 from custom.io.atomic import atomic_path
 
 __all__ = ["LatestCheckpointSaver"]
@@ -73,7 +73,7 @@ class LatestCheckpointSaver:
 
     def __call__(self, engine: Engine) -> None:
         """Write the checkpoint now."""
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if not is_main_process():
             return
         state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
         with atomic_path(self.save_path) as tmp:

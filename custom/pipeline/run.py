@@ -23,7 +23,7 @@ from custom.io.atomic import write_json_atomic
 from custom.pipeline.datalists import annotated_datalist, student_datalist, weak_datalist
 from custom.pipeline.stages import PipelineError, Stage, StageRecord, python_command, run_stage
 
-__all__ = ["REPO", "PipelineRun", "ProfileError", "load_profile", "run_pipeline", "validate_profile"]
+__all__ = ["REPO", "PipelineRun", "ProfileError", "bundle_command", "cli_value", "load_profile", "run_pipeline", "validate_profile"]
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = Path(__file__).resolve().parent / "profiles"
@@ -229,7 +229,7 @@ class _ProfileCheck:
             self.fail(self._name(where, key), f"must be three positive sizes (Z, Y, X), got {value!r}")
 
 
-def _cli_value(value: Any) -> str:
+def cli_value(value: Any) -> str:
     """A value as fire parses it back (Python literals: ``None``, ``True``, ``[1, 2]``)."""
     return value if isinstance(value, str) else repr(value)
 
@@ -242,7 +242,7 @@ def bundle_command(
     launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     command = python_command(*launcher, "-m", "monai.bundle", "run", *([run_id] if run_id else []), "--config_file", str(files))
     for key, value in overrides.items():
-        command += [f"--{key}", _cli_value(value)]
+        command += [f"--{key}", cli_value(value)]
     return command
 
 
@@ -303,7 +303,7 @@ class PipelineRun:
                 summary=lambda: f"{len(list((self.cohort / 'train').glob('*')))} studies in {self.cohort}",
             ))
         prepare = ["--rspect_dir", self.cohort, "--out_dir", self.prepared, "--boxes_csv", self.boxes_csv,
-                   "--split", _cli_value(p["split"]), "--seed", p["cohort"]["seed"], "--workers", workers]
+                   "--split", cli_value(p["split"]), "--seed", p["cohort"]["seed"], "--workers", workers]
         if self.labels_csv:
             prepare += ["--labels_csv", self.labels_csv]
         stages.append(Stage("prepare", [self.prepared / "datalist.json"], python_command(REPO / "scripts" / "prepare.py", *prepare),
@@ -329,7 +329,7 @@ class PipelineRun:
         root = self.path("classifier")
         common = {"bundle_root": str(root), "dataset_dir": str(self.prepared), "datalist": str(self.datalists / "weak.json"), **c["overrides"]}
         train_configs = list(c["configs"])
-        evaluate_configs = [train_configs[0], *train_configs[1:], "evaluate.json"]
+        evaluate_configs = [*train_configs, "evaluate.json"]
         game = self.profile["pointing_game"]
         return [
             Stage("classifier_train", [root / "models" / "model.pt", root / "models" / "threshold.json"],
@@ -339,8 +339,8 @@ class PipelineRun:
                   summary=lambda: "test " + self._read_csv_metrics(root / "eval" / "metrics.csv")),
             Stage("pointing_game", [root / "eval" / "pointing_game.json"],
                   python_command(REPO / "scripts" / "pointing_game.py", "--bundle_root", root, "--datalist", self.prepared / "datalist.json",
-                                 "--dataset_dir", self.prepared, "--config_files", _cli_value(train_configs),
-                                 "--overrides", _cli_value(c["overrides"]),
+                                 "--dataset_dir", self.prepared, "--config_files", cli_value(train_configs),
+                                 "--overrides", cli_value(c["overrides"]),
                                  "--slices_per_study", game["slices_per_study"], "--n_steps", game["n_steps"],
                                  "--out", root / "eval" / "pointing_game.json"),
                   summary=lambda: self._pointing_game_summary(root / "eval" / "pointing_game.json")),

@@ -3,8 +3,8 @@
 A stage is skipped (resume) when it finished before: its marker ``<work_dir>/logs/<stage>.done``
 exists and so do its outputs. The marker is written only after success, so a stage interrupted
 half-way (a training run with its first checkpoints written) runs again and resumes by itself. A stage runs as a subprocess whose output goes
-to ``<work_dir>/logs/<stage>.log``; its wall time and peak resident memory are read from the
-kernel's accounting of that one child (``os.wait4``). A failing stage raises
+to ``<work_dir>/logs/<stage>.log``; its wall time is measured around it and its peak resident
+memory is the largest total over the child's process tree, sampled from ``/proc`` while it runs. A failing stage raises
 :class:`PipelineError` naming the stage, its exit status, its log and the log's last lines.
 """
 

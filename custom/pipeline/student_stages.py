@@ -48,9 +48,10 @@ def _score_summary(path: Path) -> str:
 def student_stages(run: PipelineRun) -> list[Stage]:
     """Datalists, then train / infer / score for the student, the fine-tuned and the random-init models.
 
-    All three live in one student bundle root (``W/student``): the bundle's ``finetune`` and
-    ``random_init`` configs keep their checkpoints in ``models/finetune`` and ``models/random_init``
-    and fine-tune from ``models/model.pt``, the weakly supervised student.
+    All three live in one student bundle root (``W/student``): the fine-tuned and random-init runs get
+    their own ``ckpt_dir`` (``models/finetune``, ``models/random_init``) and ``output_dir`` from these
+    stages (the bundle's ``finetune`` and ``random_init`` configs do not set them), and fine-tuning
+    starts from ``models/model.pt``, the weakly supervised student.
 
     With the profile's ``calibrate_student_threshold`` (default true) each model's probability threshold
     is calibrated on the validation split after training (the bundle's ``calibrate.json``, outputs in

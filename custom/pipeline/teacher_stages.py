@@ -83,13 +83,13 @@ def _ceiling_stage(run: PipelineRun, configs: list[str], overrides: dict[str, An
 
     The profile key ``teacher_ceiling`` is ``true`` or ``{"high_thresholds": [...]}`` (the candidates).
     """
-    from custom.pipeline.run import REPO, _cli_value
+    from custom.pipeline.run import REPO, cli_value
 
     out = run.path("teacher", "eval", "ceiling.json")
     args = ["--datalist", run.prepared / "datalist.json", "--masks_dir", run.cohort / "masks", "--out", out,
-            "--configs", _cli_value(configs), "--overrides", _cli_value(overrides)]
+            "--configs", cli_value(configs), "--overrides", cli_value(overrides)]
     if isinstance(ceiling, dict) and ceiling.get("high_thresholds"):
-        args += ["--high_thresholds", _cli_value([float(h) for h in ceiling["high_thresholds"]])]
+        args += ["--high_thresholds", cli_value([float(h) for h in ceiling["high_thresholds"]])]
 
     def summary() -> str:
         result = json.loads(out.read_text())

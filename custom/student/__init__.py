@@ -7,7 +7,6 @@ from custom.student.datalist import annotated_subset, attach_pseudo_labels, labe
 from custom.student.evaluation_report import EvaluationReportWriter, study_uids_from_batch
 from custom.student.findings import find_clusters, study_findings
 from custom.student.froc_metric import FROCMetricHandler
-from custom.student.window import hu_window_bounds
 from custom.student.outputs import SaveStudentOutputsd, entry_uid, pending_entries, student_output_paths
 from custom.student.train_time import TrainingTimeWriter
 
@@ -23,7 +22,6 @@ __all__ = [
     "check_pretrained_checkpoint",
     "entry_uid",
     "find_clusters",
-    "hu_window_bounds",
     "labelled_entries",
     "load_calibration",
     "pending_entries",

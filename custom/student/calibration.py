@@ -20,7 +20,6 @@ keeps its slice threshold the same way); :func:`read_threshold` reads it back, a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ import numpy as np
 import torch.distributed as dist
 
 from custom.io.errors import InputError
+from custom.io.hashing import sha256_of
 from custom.metrics.cluster_matching import ClusterCounts, cluster_overlaps, count_matches, real_number
 from custom.metrics.scoring import StudyFiles, read_pair, write_report
 from custom.student.outputs import entry_uid, student_output_paths
@@ -54,14 +54,6 @@ DEFAULT_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 THRESHOLD_FILE = "threshold.json"
 #: The weights a calibration belongs to, in the same folder.
 WEIGHTS_FILE = "model.pt"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_candidates(candidates: Sequence[float], default: float) -> list[float]:
@@ -174,7 +166,7 @@ def calibrate_student_threshold(
         result["output_dir"] = str(output_dir)
         weights = Path(out_path).parent / WEIGHTS_FILE
         if weights.is_file():  # read_threshold refuses the calibration once these weights change
-            result["weights_sha256"] = _sha256(weights)
+            result["weights_sha256"] = sha256_of(weights)
         write_report(out_path, result)  # atomic; NaN rates as null
     if distributed:
         dist.barrier()
@@ -228,7 +220,7 @@ def read_threshold(ckpt_dir: str | os.PathLike, default: float = 0.5) -> float:
         return default
     calibration = load_calibration(path)
     weights = Path(ckpt_dir) / WEIGHTS_FILE
-    if calibration.get("weights_sha256") and weights.is_file() and _sha256(weights) != calibration["weights_sha256"]:
+    if calibration.get("weights_sha256") and weights.is_file() and sha256_of(weights) != calibration["weights_sha256"]:
         raise InputError(f"{path}: calibrated for other weights than {weights} (retrained since?); "
                          "calibrate again (configs/calibrate.json) or delete the file")
     return calibration["threshold"]

@@ -14,10 +14,9 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from custom.distributed import all_gather_list
+from custom.distributed import all_gather_list, is_main_process
 from custom.io.atomic import write_json_atomic
 from custom.metrics.cluster_matching import DETAIL_COLUMNS, ClusterCounts
 
@@ -89,7 +88,7 @@ class EvaluationReportWriter:
     def __call__(self, engine: Engine) -> None:
         """Write the report now (the metrics have been computed at this epoch's end)."""
         uids = self._gathered_uids()
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if not is_main_process():
             return
         report: dict[str, Any] = {"metrics": {k: _number(v) for k, v in engine.state.metrics.items()}}
         per_study: dict[str, dict[str, Any]] = {uid: {} for uid in uids}

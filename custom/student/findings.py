@@ -18,10 +18,9 @@ import numpy as np
 from scipy import ndimage
 
 from custom.io.geometry import LPS_TO_RAS
+from custom.metrics.cluster_matching import CONNECTIVITY_26
 
 __all__ = ["find_clusters", "study_findings"]
-
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def find_clusters(
@@ -90,7 +89,7 @@ def _voxel_volume_ml(affine: np.ndarray) -> float:
 
 
 def _summarize_components(prob: np.ndarray, affine: np.ndarray, threshold: float, min_voxels: int) -> list[dict]:
-    labels, count = ndimage.label(prob >= threshold, structure=_CONNECTIVITY_26)
+    labels, count = ndimage.label(prob >= threshold, structure=CONNECTIVITY_26)
     if count == 0:
         return []
     index = np.arange(1, count + 1)

@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from ignite.metrics import Metric
 
-from custom.distributed import all_gather_list
+from custom.distributed import all_gather_list, is_main_process
 from custom.io.atomic import write_json_atomic
 from custom.metrics.froc import FP_RATES, DetectionScores, average_sensitivity, froc_from_scores, score_detections, sensitivity_at
 
@@ -78,7 +77,7 @@ class FROCMetricHandler(Metric):
             raise ValueError("FROCMetricHandler has no study to score; run the evaluator on data first.")
         result = froc_from_scores(scores)
         score = average_sensitivity(result, self.fp_rates)
-        if self.curve_path is not None and (not dist.is_initialized() or dist.get_rank() == 0):
+        if self.curve_path is not None and is_main_process():
             write_json_atomic(
                 self.curve_path,
                 {

@@ -7,11 +7,16 @@ For a study ``<uid>`` the inference writes, on the study's own grid (affine pres
 - ``<uid>_clusters.json``: the findings of :func:`custom.student.findings.study_findings`.
 
 All three are written atomically, so a study whose three files exist is complete and a rerun can
-skip it (:func:`pending_entries`).
+skip it (:func:`pending_entries`). The findings record the ``settings`` the outputs were made with
+(the bundle's ``output_settings``: the weights' SHA-256, the threshold, the window, the sliding
+window and the filters); a rerun with other settings, retrained weights for one, redoes the study
+instead of keeping outputs of another model.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -24,13 +29,14 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from custom.io.atomic import write_json_atomic
+from custom.io.datalist import entry_uid, file_stem
 from custom.io.errors import InputError
 from custom.io.nifti import write_volume
 from custom.student.findings import study_findings
 
-__all__ = ["SaveStudentOutputsd", "entry_uid", "pending_entries", "student_output_paths"]
+__all__ = ["SaveStudentOutputsd", "entry_uid", "outdated_outputs", "pending_entries", "student_output_paths"]
 
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+logger = logging.getLogger(__name__)
 
 
 def student_output_paths(output_dir: str | os.PathLike, study_uid: str) -> dict[str, Path]:
@@ -48,40 +54,71 @@ def student_output_paths(output_dir: str | os.PathLike, study_uid: str) -> dict[
 
 
 def pending_entries(
-    entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, uid_key: str = "study_uid", image_key: str = "image"
+    entries: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    settings: Mapping[str, Any] | None = None,
+    uid_key: str = "study_uid",
+    image_key: str = "image",
 ) -> list[Mapping[str, Any]]:
-    """Datalist entries whose outputs are not all present yet (a rerun resumes where it stopped).
+    """Datalist entries that still need inference (a rerun resumes where it stopped).
 
     Args:
         entries: datalist entries (``load_decathlon_datalist`` output).
         output_dir: where the outputs are written.
+        settings: the current output settings (the bundle's ``output_settings``); a study whose
+            findings record other ones (or none) is redone. ``None``: not compared.
         uid_key: entry key of the StudyInstanceUID (the image file name is used when absent).
         image_key: entry key of the image path.
 
     Returns:
-        The entries, in order, that still need inference.
+        The entries, in order, whose outputs are missing or outdated (:func:`outdated_outputs`); each
+        outdated one is logged with its reason.
     """
-    return [
-        e
-        for e in entries
-        if not all(p.is_file() for p in student_output_paths(output_dir, entry_uid(e, uid_key, image_key)).values())
-    ]
+    pending = []
+    for entry in entries:
+        reason = outdated_outputs(output_dir, entry_uid(entry, uid_key, image_key), settings)
+        if reason is not None:
+            pending.append(entry)
+            if not reason.startswith("missing"):
+                logger.info("redoing: %s", reason)
+    return pending
 
 
-def entry_uid(entry: Mapping[str, Any], uid_key: str = "study_uid", image_key: str = "image") -> str:
-    """The StudyInstanceUID of a datalist entry: ``entry[uid_key]``, else its image file name without suffix."""
-    uid = entry.get(uid_key)
-    if uid:
-        return str(uid)
-    return _uid_from_filename(str(entry[image_key]))
+def outdated_outputs(output_dir: str | os.PathLike, study_uid: str, settings: Mapping[str, Any] | None = None) -> str | None:
+    """Why a study's outputs must be (re)written, or ``None`` when they are complete and current.
+
+    Args:
+        output_dir: where the outputs are written.
+        study_uid: the study.
+        settings: the current output settings; ``None``: only completeness is checked.
+
+    Returns:
+        ``None``, or a short reason: missing files, findings that cannot be read or record no
+        settings (an older bundle), or the settings that differ with their recorded and current values.
+    """
+    paths = student_output_paths(output_dir, study_uid)
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if settings is None:
+        return None
+    try:
+        recorded = json.loads(paths["clusters"].read_text()).get("settings")
+    except (OSError, ValueError, AttributeError) as error:
+        return f"{paths['clusters']}: unreadable findings ({error})"
+    if not isinstance(recorded, dict):
+        return f"{paths['clusters']} records no settings (an older bundle)"
+    expected = _json_ready(settings)
+    changed = sorted(key for key in set(expected) | set(recorded) if expected.get(key) != recorded.get(key))
+    if changed:
+        described = ", ".join(f"{key} {recorded.get(key)!r} -> {expected.get(key)!r}" for key in changed)
+        return f"{paths['clusters']} was made with other settings ({described})"
+    return None
 
 
-def _uid_from_filename(filename: str) -> str:
-    name = os.path.basename(filename)
-    for suffix in _NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return os.path.splitext(name)[0]
+def _json_ready(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings as they read back from JSON (tuples become lists, numpy scalars numbers)."""
+    return json.loads(json.dumps(dict(settings), default=lambda value: value.tolist() if hasattr(value, "tolist") else str(value)))
 
 
 class SaveStudentOutputsd(MapTransform):
@@ -94,6 +131,8 @@ class SaveStudentOutputsd(MapTransform):
         image_key: the key of the input image; its affine and file name are used.
         uid_key: the key of the StudyInstanceUID (falls back to the image file name).
         min_voxels: smallest cluster reported in the findings (the mask is not filtered).
+        settings: recorded in the findings as ``settings`` (the bundle's ``output_settings``), so that
+            :func:`pending_entries` redoes the study when they change; ``None``: not recorded.
         allow_missing_keys: see ``MapTransform``.
     """
 
@@ -105,6 +144,7 @@ class SaveStudentOutputsd(MapTransform):
         image_key: str = "image",
         uid_key: str = "study_uid",
         min_voxels: int = 1,
+        settings: Mapping[str, Any] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -113,12 +153,13 @@ class SaveStudentOutputsd(MapTransform):
         self.image_key = image_key
         self.uid_key = uid_key
         self.min_voxels = int(min_voxels)
+        self.settings = None if settings is None else _json_ready(settings)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         image = d[self.image_key]
         source = str(image.meta.get("filename_or_obj", "")) if isinstance(image, MetaTensor) else ""
-        uid = str(d[self.uid_key]) if d.get(self.uid_key) else _uid_from_filename(source)
+        uid = str(d[self.uid_key]) if d.get(self.uid_key) else file_stem(source)
         affine = self._image_affine(image, d, source or uid)
         for key in self.key_iterator(d):
             self._write(d[key], image, affine, uid, source or uid)
@@ -146,4 +187,6 @@ class SaveStudentOutputsd(MapTransform):
         write_volume(paths["prob"], prob_zyx, affine, dtype=np.float32)
         write_volume(paths["mask"], prob_zyx >= self.threshold, affine, dtype=np.uint8)
         findings = study_findings(prob_zyx, affine, uid, threshold=self.threshold, min_voxels=self.min_voxels)
+        if self.settings is not None:
+            findings["settings"] = self.settings
         write_json_atomic(paths["clusters"], findings)

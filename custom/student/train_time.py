@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import time
 
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from custom.distributed import is_main_process
 from custom.io.atomic import write_json_atomic
 
 __all__ = ["TrainingTimeWriter"]
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingTimeWriter:
@@ -57,12 +61,20 @@ class TrainingTimeWriter:
             return
         self._start_iteration = int(engine.state.iteration)
         if self._start_iteration > 0 and os.path.isfile(self.path):
-            with open(self.path) as f:
-                self._previous_minutes = float(json.load(f).get("minutes", 0.0))
+            try:
+                with open(self.path) as f:
+                    minutes = float(json.load(f)["minutes"])
+                if not math.isfinite(minutes) or minutes < 0:
+                    raise ValueError(f"minutes {minutes}")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                # a bad record costs the earlier minutes, not the resumed training
+                logger.warning("%s: unreadable training time (%s: %s); counting from 0 minutes", self.path, type(error).__name__, error)
+                minutes = 0.0
+            self._previous_minutes = minutes
 
     def __call__(self, engine: Engine) -> None:
         """Write the record now (not before the first epoch has started: a finished run rerun keeps its record)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if not is_main_process():
             return
         if self._start_iteration is None:
             return

@@ -19,7 +19,7 @@ from custom.teacher.evaluation import evaluate_outputs, evaluate_teacher, masks_
 from custom.teacher.factory import IG_SETTING_KEYS, TeacherFactory
 from custom.teacher.oracle import EmbolusOracle, OracleStudy, load_oracle_studies, teacher_ceiling
 from custom.teacher.outputs import CLUSTERS, HEATMAPS, PSEUDO, PSEUDO_UNFILTERED, ROUND_MAPS, TeacherOutputs, json_ready
-from custom.teacher.studies import load_studies, read_reference_mask, read_windowed_image, study_uid
+from custom.teacher.studies import load_studies, read_reference_mask, read_windowed_image
 
 __all__ = [
     "CLUSTERS",
@@ -50,6 +50,5 @@ __all__ = [
     "read_reference_mask",
     "read_windowed_image",
     "run_cohort",
-    "study_uid",
-    "teacher_ceiling",
+        "teacher_ceiling",
 ]

@@ -39,7 +39,8 @@ from custom.io.errors import InputError
 from custom.metrics import ClusterCounts, match_clusters
 from custom.teacher.factory import IG_SETTING_KEYS, TeacherFactory
 from custom.teacher.outputs import json_ready
-from custom.teacher.studies import read_reference_mask, read_windowed_image, study_uid
+from custom.io.datalist import entry_uid
+from custom.teacher.studies import read_reference_mask, read_windowed_image
 
 __all__ = ["attribution_scale", "calibrate_high_threshold", "choose_candidate", "read_high_threshold"]
 
@@ -158,7 +159,7 @@ def calibrate_high_threshold(
         volume, _ = read_windowed_image(entry, window)
         volumes.append(volume)
         references.append(read_reference_mask(entry, volume.shape, label_key))
-        uids.append(study_uid(entry))
+        uids.append(entry_uid(entry))
     scale = attribution_scale(factory, volumes, quantile, max_windows_per_study)
     logger.info("calibration: attribution scale %.6g (quantile %g) over %d studies", scale, quantile, len(volumes))
     candidates = []

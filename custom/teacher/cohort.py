@@ -34,7 +34,8 @@ from custom.io.errors import InputError
 from custom.precision import dtype_name
 from custom.teacher.factory import TeacherFactory
 from custom.teacher.outputs import CLUSTERS, TeacherOutputs, json_ready
-from custom.teacher.studies import read_windowed_image, study_uid
+from custom.io.datalist import entry_uid
+from custom.teacher.studies import read_windowed_image
 
 __all__ = ["STATUS_DONE", "STATUS_FAILED", "STATUS_SKIPPED", "run_cohort"]
 
@@ -93,7 +94,7 @@ def _explain_one(
     factory: TeacherFactory, entry: Mapping[str, Any], outputs: TeacherOutputs, window: Sequence[float]
 ) -> float:
     """Explain and write one study; returns the teacher's wall seconds."""
-    uid = study_uid(entry)
+    uid = entry_uid(entry)
     volume, affine = read_windowed_image(entry, window)
     teacher = factory(volume.shape[1], volume.shape[2])
     start = time.perf_counter()
@@ -142,7 +143,7 @@ def run_cohort(
     """
     rank, world_size = _rank_and_world_size(rank, world_size)
     outputs = TeacherOutputs(output_dir)
-    uids = [study_uid(entry) for entry in studies]
+    uids = [entry_uid(entry) for entry in studies]
     if len(set(uids)) != len(uids):
         duplicates = sorted({uid for uid in uids if uids.count(uid) > 1})
         raise InputError(f"studies {duplicates} are listed more than once; their outputs would collide")
@@ -156,7 +157,7 @@ def run_cohort(
         raise ValueError("no high threshold: calibrate it (configs/calibrate.json) or set high_threshold")
     current = _current_settings(factory)
     for entry in shard:
-        uid = study_uid(entry)
+        uid = entry_uid(entry)
         record_path = outputs.path(CLUSTERS, uid)
         if not overwrite and record_path.is_file():
             reason = outputs.outdated(uid, current, window)

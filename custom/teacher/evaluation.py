@@ -45,7 +45,8 @@ from custom.metrics import (
     sensitivity_at,
 )
 from custom.teacher.outputs import HEATMAPS, ROUND_MAPS, TeacherOutputs, json_ready
-from custom.teacher.studies import read_reference_mask, study_uid
+from custom.io.datalist import entry_uid
+from custom.teacher.studies import read_reference_mask
 
 __all__ = ["evaluate_outputs", "evaluate_teacher", "masks_after_rounds"]
 
@@ -98,13 +99,13 @@ def evaluate_outputs(
     """
     outputs = TeacherOutputs(output_dir)
     labelled = [entry for entry in studies if entry.get(label_key)]
-    evaluated = [entry for entry in labelled if outputs.is_done(study_uid(entry))]
-    missing = [study_uid(entry) for entry in labelled if not outputs.is_done(study_uid(entry))]
+    evaluated = [entry for entry in labelled if outputs.is_done(entry_uid(entry))]
+    missing = [entry_uid(entry) for entry in labelled if not outputs.is_done(entry_uid(entry))]
     if not evaluated:
         raise InputError(f"{output_dir}: no teacher output for any of the {len(labelled)} studies with a reference mask")
     if missing:
         logger.warning("%s: %d of %d labelled studies have no teacher output: %s", output_dir, len(missing), len(labelled), missing[:10])
-    summaries = {study_uid(entry): outputs.read_summary(study_uid(entry)) for entry in evaluated}
+    summaries = {entry_uid(entry): outputs.read_summary(entry_uid(entry)) for entry in evaluated}
     if max_rounds is None:
         max_rounds = max(int(s.get("settings", {}).get("max_rounds", s["rounds_run"])) for s in summaries.values())
     max_rounds = max(1, int(max_rounds))
@@ -115,7 +116,7 @@ def evaluate_outputs(
     study_histogram = np.zeros(max_rounds + 1, dtype=np.int64)
     froc_scores, per_study = [], {}
     for entry in evaluated:
-        uid = study_uid(entry)
+        uid = entry_uid(entry)
         summary = summaries[uid]
         round_map = outputs.read_volume(ROUND_MAPS, uid)
         reference = read_reference_mask(entry, round_map.shape, label_key)

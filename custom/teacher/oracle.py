@@ -44,7 +44,8 @@ from custom.io.nifti import read_volume
 from custom.metrics.cluster_matching import ClusterCounts, match_clusters
 from custom.teacher.evaluation import masks_after_rounds
 from custom.teacher.factory import TeacherFactory
-from custom.teacher.studies import load_studies, read_reference_mask, read_windowed_image, study_uid
+from custom.io.datalist import entry_uid
+from custom.teacher.studies import load_studies, read_reference_mask, read_windowed_image
 
 __all__ = ["DEFAULT_HIGH_THRESHOLDS", "EmbolusOracle", "OracleStudy", "load_oracle_studies", "teacher_ceiling"]
 
@@ -131,7 +132,7 @@ def load_oracle_studies(
     entries = [e for e in load_studies(datalist, split) if e.get("label")][: max_studies or None]
     studies = []
     for entry in entries:
-        uid = study_uid(entry)
+        uid = entry_uid(entry)
         volume, _ = read_windowed_image(entry, window)
         path = os.path.join(os.fspath(masks_dir), f"{uid}.nii.gz")
         if not os.path.isfile(path):

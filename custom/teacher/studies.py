@@ -19,10 +19,11 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 
 from custom.data.minivolume import window_hu
+from custom.io.datalist import entry_uid
 from custom.io.errors import InputError
 from custom.io.nifti import read_checked_volume
 
-__all__ = ["load_studies", "read_reference_mask", "read_windowed_image", "study_uid"]
+__all__ = ["load_studies", "read_reference_mask", "read_windowed_image"]
 
 
 def load_studies(
@@ -63,23 +64,12 @@ def load_studies(
             continue
         # is_segmentation: ``label`` is a path relative to base_dir as well
         for entry in load_decathlon_datalist(path, is_segmentation=True, data_list_key=key, base_dir=base_dir):
-            uid = study_uid(entry)
+            uid = entry_uid(entry)
             if uid in seen:
                 continue
             seen.add(uid)
             studies.append({**entry, "split": key})
     return studies
-
-
-def study_uid(entry: Mapping[str, Any]) -> str:
-    """The study's name: ``study_uid``, else the image file name without its NIfTI extension."""
-    if entry.get("study_uid"):
-        return str(entry["study_uid"])
-    name = os.path.basename(os.fspath(entry["image"]))
-    for extension in (".nii.gz", ".nii"):
-        if name.endswith(extension):
-            return name[: -len(extension)]
-    return name
 
 
 
@@ -115,7 +105,7 @@ def read_reference_mask(entry: Mapping[str, Any], shape: Sequence[int], label_ke
             (a NaN is nonzero, so it would count as PE; the message gives their number).
     """
     if not entry.get(label_key):
-        raise InputError(f"{entry.get('image', study_uid(entry))}: the datalist entry has no {label_key!r} mask")
+        raise InputError(f"{entry.get('image', entry_uid(entry))}: the datalist entry has no {label_key!r} mask")
     path = os.fspath(entry[label_key])
     mask, _ = read_checked_volume(path, "reference mask")
     if tuple(mask.shape) != tuple(shape):

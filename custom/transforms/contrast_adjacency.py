@@ -34,6 +34,7 @@ from monai.utils import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage as ndi
 
 from custom.metrics.cluster_matching import CONNECTIVITY_26, label_clusters
+from custom.transforms.window import hu_window_bounds
 
 __all__ = ["ContrastAdjacencyFilterd", "contrast_shares", "remove_unenhanced_clusters"]
 
@@ -134,7 +135,7 @@ class ContrastAdjacencyFilterd(MapTransform):
         self.image_key, self.threshold, self.min_share = image_key, float(threshold), float(min_share)
         self.contrast_level = float(contrast_hu)
         if window is not None:
-            low, high = float(window[0]) - float(window[1]) / 2, float(window[0]) + float(window[1]) / 2
+            low, high = hu_window_bounds(window)
             if self.min_share > 0 and not low < contrast_hu < high:  # an unused filter never refuses a window
                 raise ValueError(f"contrast_hu {contrast_hu} must lie inside the window [{low}, {high}] HU")
             self.contrast_level = (contrast_hu - low) / (high - low)

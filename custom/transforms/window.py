@@ -1,7 +1,10 @@
-"""The student's HU window, checked (paper section 3.3: HU window centre 100, width 400).
+"""A ``(centre, width)`` HU window as ``(low, high)`` bounds, checked (paper section 3.3: the student's
+window is centre 100, width 400).
 
-The window reaches the configs from the command line (``--window "[100,400]"``); a width that would
-invert the image or leave it unscaled is refused here with the setting named.
+The student's configs, its contrast filter (``custom.transforms.contrast_adjacency``) and the deploy
+app (``custom.deploy.model``) all scale through this one function. The window reaches them from the
+command line (``--window "[100,400]"``) or a bundle config; a width that would invert the image or
+leave it unscaled is refused here with the setting named.
 """
 
 from __future__ import annotations
