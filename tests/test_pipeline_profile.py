@@ -128,3 +128,26 @@ def test_cli_prints_the_profile_error_and_exits_1(tmp_path, capsys):
         main(work_dir=str(tmp_path / "work"), profile=str(path))
     assert caught.value.code == 1
     assert f"pipeline failed: {path}: workers: must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("profile", ["tiny", "demo", "full", "paper"])
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_every_bundle_command_of_the_stages_names_keys_of_its_configs(profile, nproc) -> None:
+    """The overrides the stage code builds (not only the profile's) must exist: ``monai.bundle run`` adds a
+    misspelt key silently, so ``data_list_key`` on the student (whose key is ``datalist_key``) would change nothing."""
+    import ast
+
+    from custom.pipeline.run import PipelineRun, unknown_override_keys
+
+    run = PipelineRun("/tmp/unused", profile)
+    run.nproc = nproc  # the multi-GPU configs too (the paper profile asks for every GPU)
+    checked = 0
+    for stage in run.stages():
+        command = list(stage.command or [])
+        if "monai.bundle" not in command:
+            continue
+        config_files = ast.literal_eval(command[command.index("--config_file") + 1])
+        keys = [arg[2:] for arg in command[command.index("--config_file") + 2:] if arg.startswith("--")]
+        assert keys and not unknown_override_keys(keys, config_files), (stage.name, unknown_override_keys(keys, config_files))
+        checked += 1
+    assert checked >= 14  # classifier 2, teacher 3 or more, student 3 x 3

@@ -23,7 +23,7 @@ from custom.io.atomic import write_json_atomic
 from custom.pipeline.datalists import annotated_datalist, student_datalist, weak_datalist
 from custom.pipeline.stages import PipelineError, Stage, StageRecord, python_command, run_stage
 
-__all__ = ["REPO", "PipelineRun", "ProfileError", "bundle_command", "cli_value", "load_profile", "run_pipeline", "validate_profile"]
+__all__ = ["REPO", "PipelineRun", "ProfileError", "bundle_command", "cli_value", "load_profile", "run_pipeline", "unknown_override_keys", "validate_profile"]
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = Path(__file__).resolve().parent / "profiles"
@@ -141,17 +141,31 @@ def validate_profile(profile: Any, source: str | os.PathLike = "profile", synthe
 
 
 def _check_override_keys(check: "_ProfileCheck", overrides: dict, config_files: list[Path], where: str) -> None:
-    """Each override must name a key of the section's configs, or a new entry of one of their mappings.
+    """Each override of a profile section must name a key of the section's configs (:func:`unknown_override_keys`)."""
+    for key in unknown_override_keys(overrides, config_files):
+        check.fail(f"{where}.{key}", f"no such key in {[f.name for f in config_files]} (a misspelt setting would change nothing)")
+
+
+def unknown_override_keys(overrides: Sequence[str], config_files: Sequence[str | Path]) -> list[str]:
+    """The override ids that name neither a key of the merged configs nor a new entry of one of their mappings.
 
     ``monai.bundle run`` adds an unknown key silently, so a profile setting the classifier's rate as
     ``learning_rate`` (the student's name; the classifier's is ``lr``) would change nothing. A nested id
     (``cutout#max_holes``) may add a key to an existing mapping (a component's keyword argument).
+
+    Args:
+        overrides: override ids (``lr``, ``train#dataloader#num_workers``).
+        config_files: the config files the run merges, in order.
+
+    Returns:
+        The unknown ids, in the given order.
     """
     from monai.bundle import ConfigParser
     from monai.bundle.reference_resolver import ReferenceResolver
 
     parser = ConfigParser()
     parser.read_config([str(f) for f in config_files])
+    unknown = []
     for key in overrides:
         if key in parser:
             continue
@@ -159,7 +173,8 @@ def _check_override_keys(check: "_ProfileCheck", overrides: dict, config_files: 
         parent = parts[0] if len(parts) == 2 else ""
         if parent and parent in parser and isinstance(parser[parent], dict):
             continue
-        check.fail(f"{where}.{key}", f"no such key in {[f.name for f in config_files]} (a misspelt setting would change nothing)")
+        unknown.append(key)
+    return unknown
 
 
 def _is_number(value: Any) -> bool:
