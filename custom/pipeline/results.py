@@ -130,7 +130,8 @@ def _classifier(run: PipelineRun) -> dict[str, Any]:
     out: dict[str, Any] = {}
     metrics_csv = root / "eval" / "metrics.csv"
     if metrics_csv.exists():
-        rows = {k: _finite(v) for k, v in csv.reader(metrics_csv.open())}
+        with metrics_csv.open(newline="") as handle:
+            rows = {k: _finite(v) for k, v in csv.reader(handle)}
         out.update({k: rows.get(k) for k in ("slice_auc", "slice_f1", "study_auc")})
     threshold = _load(root / "models" / "threshold.json")
     if threshold:
