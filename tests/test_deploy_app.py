@@ -282,3 +282,13 @@ def test_calibrated_threshold_beside_the_weights_is_used(deployed, tmp_path) -> 
     (bundle / "models" / "threshold.json").write_text(json.dumps({"threshold": 1.5}))
     with pytest.raises(InputError, match="threshold.json: threshold 1.5 is not in"):
         load_student(bundle, [tiny])
+
+
+@pytest.mark.parametrize("window, message", [([100, -400], "window width must be > 0"), ([100], r"window must be \[centre, width\]")])
+def test_a_bad_window_is_refused_at_load_naming_the_model(deployed, tmp_path, window, message) -> None:
+    """As the bundle's inference refuses it (``custom.transforms.hu_window_bounds``); an ``InputError``, so the app exits 2."""
+    override = tmp_path / "window.json"
+    override.write_text(json.dumps({"window": window}))
+    with pytest.raises(InputError, match=f"dynunet_student: {message}"):
+        load_student(deployed["root"] / "dynunet_student", [deployed["root"] / "tiny.json", override])
+

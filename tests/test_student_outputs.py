@@ -98,3 +98,20 @@ def test_pending_entries_redo_studies_made_with_other_settings(tmp_path, caplog)
     assert "d_clusters.json records no settings" in caplog.text
     student_output_paths(tmp_path, "a")["clusters"].write_text("{broken")  # unreadable: redone, not an error
     assert pending_entries(entries, tmp_path, SETTINGS)[0] == entries[0]
+
+
+def test_an_interrupted_rewrite_is_not_taken_for_a_finished_study(tmp_path, monkeypatch) -> None:
+    """The findings mark a study complete: they go before the maps are replaced, so a crash mid-write means 'redo'."""
+    import custom.student.outputs as outputs
+
+    SaveStudentOutputsd(keys="pred", output_dir=tmp_path, settings=SETTINGS)(_item())
+    entries = [{"image": "/d/images/1.2.3.nii.gz", "study_uid": "1.2.3"}]
+    assert pending_entries(entries, tmp_path, SETTINGS) == []
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs, "write_volume", crash)
+    with pytest.raises(KeyboardInterrupt):
+        SaveStudentOutputsd(keys="pred", output_dir=tmp_path, settings={**SETTINGS, "threshold": 0.7})(_item())
+    assert pending_entries(entries, tmp_path, SETTINGS) == entries  # the old settings no longer pass for it

@@ -17,6 +17,7 @@ from torch import nn
 
 from custom.data.minivolume import extract_minivolume, window_hu
 from custom.explain.grid_scaling import scale_paper_settings
+from custom.io.datalist import entry_uid
 from custom.io.errors import InputError
 from custom.io.nifti import read_volume, write_volume
 from custom.networks import SliceClassifier
@@ -30,7 +31,6 @@ from custom.teacher import (
     load_studies,
     read_classifier_threshold,
     read_high_threshold,
-    study_uid,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,11 +282,13 @@ def test_factory_scales_the_paper_settings_to_the_grid():
 def test_datalist_and_classifier_inputs_are_checked(cohort, tmp_path):
     datalist = cohort["data"] / "datalist.json"
     studies = load_studies(datalist, ["validation", "test", "validation"])
-    assert [study_uid(s) for s in studies] == ["s4", "s5", "s6", "s7", "s8"]
+    assert [entry_uid(s) for s in studies] == ["s4", "s5", "s6", "s7", "s8"]
     assert studies[0]["split"] == "validation" and os.path.isabs(studies[0]["image"]) and os.path.isfile(studies[0]["label"])
     with pytest.raises(InputError, match="no split \\['finetune'\\]"):
         load_studies(datalist, "finetune")
-    assert study_uid({"image": "/x/1.2.3.nii.gz"}) == "1.2.3"
+    # without a study_uid the image file names the study, as the student names it (teacher 0.1.3: ".mha" dropped too);
+    # a name without an image extension (a DICOM folder named by its UID) is kept whole, not cut at its last dot
+    assert [entry_uid({"image": f"/x/1.2.3{ext}"}) for ext in (".nii.gz", ".nii", ".mha", "", "/")] == ["1.2.3"] * 5
     weights = cohort["classifier_dir"] / "models" / "model.pt"
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"model": torch.load(weights)}, wrapped)

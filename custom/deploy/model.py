@@ -194,7 +194,10 @@ def load_student(
     if kind == "bundle":
         network = _bundle_network(source, parser, device)
     window = parser.get_parsed_content("window")
-    hu_window_bounds(window)  # a bad window is refused at load, as the bundle's inference refuses it
+    try:
+        hu_window_bounds(window)  # a bad window is refused at load, as the bundle's inference refuses it
+    except ValueError as error:
+        raise InputError(f"{source}: {error}") from None
     return StudentModel(
         network=network.eval(),
         inferer=parser.get_parsed_content("inferer"),

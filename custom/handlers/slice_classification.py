@@ -49,7 +49,9 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, fl
 
     The threshold is the midpoint between the last included and the first excluded score, so it
     generalises a little better than a score value itself; when every slice is included, the
-    midpoint between the lowest score and 0, the lowest probability (so it is never negative).
+    midpoint between the lowest score and 0, the lowest probability (so it is never negative; only
+    scores of exactly 0 then fall on the threshold, which the teacher's ``probability > threshold``
+    calls negative).
 
     Returns:
         ``(threshold, f1)``; ``(0.5, 0.0)`` when there is no positive slice.

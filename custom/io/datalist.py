@@ -2,7 +2,9 @@
 
 Every stage names its per-study outputs by the StudyInstanceUID; an entry written by the
 project's ``prepare`` carries it as ``study_uid``, and an entry from another tool falls back to its
-image file name without the extension (``<uid>.nii.gz`` -> ``<uid>``).
+image file name without a known image extension (``<uid>.nii.gz`` -> ``<uid>``). A name without
+one, such as a DICOM series folder named by its UID, is kept whole: a UID is full of dots, so
+``os.path.splitext`` would cut its last component.
 """
 
 from __future__ import annotations
@@ -11,19 +13,20 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["NIFTI_SUFFIXES", "entry_uid", "file_stem"]
+__all__ = ["IMAGE_SUFFIXES", "entry_uid", "file_stem"]
 
-#: NIfTI file suffixes, longest first.
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: Image file suffixes MONAI's ``LoadImage`` reads, longest first; matched case-sensitively.
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".dcm")
 
 
 def file_stem(filename: str | os.PathLike) -> str:
-    """The file name without its folder and extension (both suffixes of ``.nii.gz``)."""
-    name = os.path.basename(os.fspath(filename))
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
+    """The file name without its folder and its image extension (:data:`IMAGE_SUFFIXES`; kept whole without one)."""
+    text = os.fspath(filename)
+    name = os.path.basename(os.path.normpath(text)) if text else ""
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
-    return os.path.splitext(name)[0]
+    return name
 
 
 def entry_uid(entry: Mapping[str, Any], uid_key: str = "study_uid", image_key: str = "image") -> str:

@@ -28,6 +28,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from custom.distributed import is_main_process
 from custom.io.atomic import write_json_atomic
 from custom.io.datalist import entry_uid, file_stem
 from custom.io.errors import InputError
@@ -79,7 +80,7 @@ def pending_entries(
         reason = outdated_outputs(output_dir, entry_uid(entry, uid_key, image_key), settings)
         if reason is not None:
             pending.append(entry)
-            if not reason.startswith("missing"):
+            if not reason.startswith("missing") and is_main_process():
                 logger.info("redoing: %s", reason)
     return pending
 
@@ -184,6 +185,8 @@ class SaveStudentOutputsd(MapTransform):
             raise InputError(f"{source}: the probability map has NaN or infinite values")
         prob_zyx = np.ascontiguousarray(prob[0].transpose(2, 1, 0))
         paths = student_output_paths(self.output_dir, uid)
+        # the findings, written last, mark the study complete with its settings: gone while the maps are replaced
+        paths["clusters"].unlink(missing_ok=True)
         write_volume(paths["prob"], prob_zyx, affine, dtype=np.float32)
         write_volume(paths["mask"], prob_zyx >= self.threshold, affine, dtype=np.uint8)
         findings = study_findings(prob_zyx, affine, uid, threshold=self.threshold, min_voxels=self.min_voxels)

@@ -2,7 +2,7 @@
 
 Modules, one concept each:
 
-- ``studies``: datalist splits, study names, windowed images and reference masks.
+- ``studies``: datalist splits, windowed images and reference masks.
 - ``classifier``: the stage-1 classifier's weights and decision threshold.
 - ``factory``: ``TeacherFactory``, the teacher of each study grid (paper settings scaled to it).
 - ``outputs``: the output folder layout, written atomically, JSON last.
@@ -50,5 +50,5 @@ __all__ = [
     "read_reference_mask",
     "read_windowed_image",
     "run_cohort",
-        "teacher_ceiling",
+    "teacher_ceiling",
 ]

@@ -1,4 +1,4 @@
-"""The studies the teacher runs on: datalist splits, study names, windowed images and reference masks.
+"""The studies the teacher runs on: datalist splits (studies named by ``custom.io.datalist.entry_uid``), windowed images and reference masks.
 
 A datalist follows ``docs/conventions.md``: ``{"training": [...], "validation": [...], "test": [...]}``
 with entries ``{"image": "images/<uid>.nii.gz", "label": "labels/<uid>.nii.gz", "study_uid": ...}``,
@@ -70,8 +70,6 @@ def load_studies(
             seen.add(uid)
             studies.append({**entry, "split": key})
     return studies
-
-
 
 
 def read_windowed_image(entry: Mapping[str, Any], window: Sequence[float] = (100.0, 700.0)) -> tuple[np.ndarray, np.ndarray]:
