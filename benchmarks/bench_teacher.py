@@ -50,10 +50,11 @@ from torch import nn
 from custom.data.minivolume import window_hu
 from custom.explain import aggregate_windows, filter_clusters, hysteresis_threshold, window_slice_indices
 from custom.io.atomic import write_json_atomic
+from custom.io.records import json_ready
 from custom.metrics import match_clusters
 from custom.networks import SliceClassifier
 from custom.synth.phantom import PhantomConfig, generate_study
-from custom.teacher import TeacherFactory, attribution_scale, json_ready, load_classifier, read_classifier_threshold
+from custom.teacher import TeacherFactory, attribution_scale, load_classifier, read_classifier_threshold
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CLASSIFIER = REPO / "work" / "bench_recipes" / "b0_stage2_levels" / "models"

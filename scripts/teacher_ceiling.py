@@ -22,8 +22,8 @@ from typing import Any
 import fire
 
 from custom.io.atomic import write_json_atomic
+from custom.io.records import json_ready
 from custom.teacher.oracle import DEFAULT_HIGH_THRESHOLDS, load_oracle_studies, teacher_ceiling
-from custom.teacher.outputs import json_ready
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "iexplain_teacher" / "configs"
 #: the teacher bundle's settings the ceiling uses, and their names as ``TeacherFactory`` arguments

@@ -49,6 +49,7 @@ import numpy as np
 from custom.io.atomic import write_json_atomic
 from custom.io.errors import InputError
 from custom.io.nifti import check_finite, read_checked_volume, read_volume
+from custom.io.records import json_ready
 from custom.metrics.cluster_matching import (
     ClusterCounts,
     check_iou_threshold,
@@ -348,19 +349,9 @@ def score_directories(
     }
 
 
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
     """Write the report as JSON atomically, undefined (NaN) rates as ``null``."""
-    write_json_atomic(path, _json_ready(report))
+    write_json_atomic(path, json_ready(report))
 
 
 def _cell(value: float) -> str:

@@ -33,6 +33,7 @@ from custom.io.atomic import write_json_atomic
 from custom.io.datalist import entry_uid, file_stem
 from custom.io.errors import InputError
 from custom.io.nifti import write_volume
+from custom.io.records import as_read_back, settings_changes
 from custom.student.findings import study_findings
 
 __all__ = ["SaveStudentOutputsd", "entry_uid", "outdated_outputs", "pending_entries", "student_output_paths"]
@@ -109,17 +110,8 @@ def outdated_outputs(output_dir: str | os.PathLike, study_uid: str, settings: Ma
         return f"{paths['clusters']}: unreadable findings ({error})"
     if not isinstance(recorded, dict):
         return f"{paths['clusters']} records no settings (an older bundle)"
-    expected = _json_ready(settings)
-    changed = sorted(key for key in set(expected) | set(recorded) if expected.get(key) != recorded.get(key))
-    if changed:
-        described = ", ".join(f"{key} {recorded.get(key)!r} -> {expected.get(key)!r}" for key in changed)
-        return f"{paths['clusters']} was made with other settings ({described})"
-    return None
-
-
-def _json_ready(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings as they read back from JSON (tuples become lists, numpy scalars numbers)."""
-    return json.loads(json.dumps(dict(settings), default=lambda value: value.tolist() if hasattr(value, "tolist") else str(value)))
+    changes = settings_changes(recorded, settings)
+    return None if changes is None else f"{paths['clusters']} was made with other settings ({changes})"
 
 
 class SaveStudentOutputsd(MapTransform):
@@ -154,7 +146,7 @@ class SaveStudentOutputsd(MapTransform):
         self.image_key = image_key
         self.uid_key = uid_key
         self.min_voxels = int(min_voxels)
-        self.settings = None if settings is None else _json_ready(settings)
+        self.settings = None if settings is None else as_read_back(dict(settings))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -18,7 +18,7 @@ from custom.teacher.cohort import STATUS_DONE, STATUS_FAILED, STATUS_SKIPPED, ru
 from custom.teacher.evaluation import evaluate_outputs, evaluate_teacher, masks_after_rounds
 from custom.teacher.factory import IG_SETTING_KEYS, TeacherFactory
 from custom.teacher.oracle import EmbolusOracle, OracleStudy, load_oracle_studies, teacher_ceiling
-from custom.teacher.outputs import CLUSTERS, HEATMAPS, PSEUDO, PSEUDO_UNFILTERED, ROUND_MAPS, TeacherOutputs, json_ready
+from custom.teacher.outputs import CLUSTERS, HEATMAPS, PSEUDO, PSEUDO_UNFILTERED, ROUND_MAPS, TeacherOutputs
 from custom.teacher.studies import load_studies, read_reference_mask, read_windowed_image
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "choose_candidate",
     "evaluate_outputs",
     "evaluate_teacher",
-    "json_ready",
     "load_classifier",
     "load_oracle_studies",
     "load_studies",

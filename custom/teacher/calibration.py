@@ -35,11 +35,11 @@ from custom.explain.aggregation import window_slice_indices
 from custom.explain.iexplain import predict_probabilities
 from custom.explain.teacher import WINDOW_DEPTH
 from custom.io.atomic import write_json_atomic
+from custom.io.datalist import entry_uid
 from custom.io.errors import InputError
+from custom.io.records import json_ready
 from custom.metrics import ClusterCounts, match_clusters
 from custom.teacher.factory import IG_SETTING_KEYS, TeacherFactory
-from custom.teacher.outputs import json_ready
-from custom.io.datalist import entry_uid
 from custom.teacher.studies import read_reference_mask, read_windowed_image
 
 __all__ = ["attribution_scale", "calibrate_high_threshold", "choose_candidate", "read_high_threshold"]

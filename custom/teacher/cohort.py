@@ -30,11 +30,12 @@ import nibabel as nib
 import torch.distributed as dist
 
 from custom.io.atomic import write_json_atomic
+from custom.io.datalist import entry_uid
 from custom.io.errors import InputError
+from custom.io.records import json_ready
 from custom.precision import dtype_name
 from custom.teacher.factory import TeacherFactory
-from custom.teacher.outputs import CLUSTERS, TeacherOutputs, json_ready
-from custom.io.datalist import entry_uid
+from custom.teacher.outputs import CLUSTERS, TeacherOutputs
 from custom.teacher.studies import read_windowed_image
 
 __all__ = ["STATUS_DONE", "STATUS_FAILED", "STATUS_SKIPPED", "run_cohort"]

@@ -32,7 +32,9 @@ import numpy as np
 
 from custom.explain.filtering import filter_clusters
 from custom.io.atomic import write_json_atomic
+from custom.io.datalist import entry_uid
 from custom.io.errors import InputError
+from custom.io.records import json_ready
 from custom.metrics import (
     FP_RATES,
     ClusterCounts,
@@ -44,8 +46,7 @@ from custom.metrics import (
     score_detections,
     sensitivity_at,
 )
-from custom.teacher.outputs import HEATMAPS, ROUND_MAPS, TeacherOutputs, json_ready
-from custom.io.datalist import entry_uid
+from custom.teacher.outputs import HEATMAPS, ROUND_MAPS, TeacherOutputs
 from custom.teacher.studies import read_reference_mask
 
 __all__ = ["evaluate_outputs", "evaluate_teacher", "masks_after_rounds"]

@@ -39,12 +39,12 @@ from torch import nn
 from custom.explain.aggregation import window_slice_indices
 from custom.explain.filtering import filter_clusters
 from custom.explain.teacher import WINDOW_DEPTH
+from custom.io.datalist import entry_uid
 from custom.io.errors import InputError
 from custom.io.nifti import read_volume
 from custom.metrics.cluster_matching import ClusterCounts, match_clusters
 from custom.teacher.evaluation import masks_after_rounds
 from custom.teacher.factory import TeacherFactory
-from custom.io.datalist import entry_uid
 from custom.teacher.studies import load_studies, read_reference_mask, read_windowed_image
 
 __all__ = ["DEFAULT_HIGH_THRESHOLDS", "EmbolusOracle", "OracleStudy", "load_oracle_studies", "teacher_ceiling"]

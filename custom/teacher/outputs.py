@@ -31,34 +31,15 @@ from custom.explain.teacher import StudyExplanation
 from custom.io.atomic import write_json_atomic
 from custom.io.errors import InputError
 from custom.io.nifti import NIFTI_READ_ERRORS, read_volume, write_volume
+from custom.io.records import as_read_back, json_ready, settings_changes
 
-__all__ = ["CLUSTERS", "HEATMAPS", "PSEUDO", "PSEUDO_UNFILTERED", "ROUND_MAPS", "TeacherOutputs", "json_ready"]
+__all__ = ["CLUSTERS", "HEATMAPS", "PSEUDO", "PSEUDO_UNFILTERED", "ROUND_MAPS", "TeacherOutputs"]
 
 PSEUDO = "pseudo"
 PSEUDO_UNFILTERED = "pseudo_unfiltered"
 ROUND_MAPS = "round_maps"
 HEATMAPS = "heatmaps"
 CLUSTERS = "clusters"
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with numpy scalars/arrays as Python values and NaN/inf as ``None`` (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_ready(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def _as_json(value: Any) -> Any:
-    """``value`` as it reads back from the JSON record (tuples as lists, NaN as ``None``)."""
-    return json.loads(json.dumps(json_ready(value)))
 
 
 class TeacherOutputs:
@@ -119,7 +100,7 @@ class TeacherOutputs:
         recorded = record.get("settings") if isinstance(record, dict) else None
         if not isinstance(recorded, dict) or not recorded:
             return f"{path} records no settings (older layout)"
-        if window is not None and record.get("window") != _as_json([float(w) for w in window]):
+        if window is not None and record.get("window") != as_read_back([float(w) for w in window]):
             return f"{path} was made with window {record.get('window')}, now {[float(w) for w in window]}"
         if settings is None:
             return None
@@ -131,12 +112,8 @@ class TeacherOutputs:
                 settings = settings(shape)
             except (TypeError, ValueError) as error:
                 return f"{path}: no current settings for its recorded shape {shape} ({error})"
-        expected = _as_json(dict(settings))
-        changed = sorted(key for key in set(expected) | set(recorded) if expected.get(key) != recorded.get(key))
-        if changed:
-            described = ", ".join(f"{key} {recorded.get(key)!r} -> {expected.get(key)!r}" for key in changed)
-            return f"{path} was made with other settings ({described})"
-        return None
+        changes = settings_changes(recorded, settings)
+        return None if changes is None else f"{path} was made with other settings ({changes})"
 
     def done_studies(self) -> list[str]:
         """The studies whose JSON exists, sorted."""
