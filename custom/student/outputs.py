@@ -59,6 +59,7 @@ def pending_entries(
     entries: Sequence[Mapping[str, Any]],
     output_dir: str | os.PathLike,
     settings: Mapping[str, Any] | None = None,
+    *,
     uid_key: str = "study_uid",
     image_key: str = "image",
 ) -> list[Mapping[str, Any]]:
