@@ -401,14 +401,18 @@ def test_multi_process_evaluate_and_inference_agree_on_the_dtype_in_initialize(n
         assert network is parser.get_parsed_content("network") and device == parser.get_parsed_content("device")
         # the classifier's first batch: up to the batch size of this rank's shard of 8 mini-volumes (7, 16, 20)
         assert shape == ([8, 7, 16, 20] if bundle == "classifier" else [4, 1, 32, 32, 16])
-        if bundle == "dynunet_student" and prefix == "":  # every output present (the same on every rank): nothing to agree on
+        if bundle == "dynunet_student" and prefix == "":  # every output present and current (the same on every rank): nothing to agree on
             output_dir = parser.get_parsed_content("output_dir")
+            import json
+
+            from custom.io.records import as_read_back
             from custom.student import student_output_paths
 
+            findings = json.dumps({"settings": as_read_back(parser.get_parsed_content("output_settings"))})
             for uid in ("s0", "s1"):
-                for path in student_output_paths(output_dir, uid).values():
+                for kind, path in student_output_paths(output_dir, uid).items():
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    path.touch()
+                    path.write_text(findings) if kind == "clusters" else path.touch()
             rerun = _multi_process_parser(bundle, files, tmp_path)
             assert rerun.get_parsed_content(f"initialize#{step}") is None and len(calls) == 1
     finally:
