@@ -20,7 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from custom.io.atomic import write_json_atomic
-from custom.pipeline.datalists import annotated_datalist, student_datalist, weak_datalist
+from custom.pipeline.datalists import weak_datalist
 from custom.pipeline.stages import PipelineError, Stage, StageRecord, python_command, run_stage
 
 __all__ = ["REPO", "PipelineRun", "ProfileError", "bundle_command", "cli_value", "load_profile", "run_pipeline", "unknown_override_keys", "validate_profile"]
