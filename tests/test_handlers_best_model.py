@@ -82,13 +82,10 @@ def test_a_resumed_run_keeps_the_better_model_saved_before_the_interruption(tmp_
     assert json.loads((tmp_path / "resumed" / "best_metric.json").read_text())["epoch"] == 1
 
 
-def test_a_better_model_after_the_resume_replaces_it(tmp_path) -> None:
-    SCORES[3] = 0.95
-    try:
-        _run(tmp_path, 3, stop_after=1)
-        resumed = _run(tmp_path, 3)
-    finally:
-        SCORES[3] = 0.6
+def test_a_better_model_after_the_resume_replaces_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(SCORES, 3, 0.95)
+    _run(tmp_path, 3, stop_after=1)
+    resumed = _run(tmp_path, 3)
     assert (resumed["best"], resumed["best_epoch"]) == (0.95, 3)
     assert json.loads((tmp_path / "best_metric.json").read_text())["value"] == 0.95
 
@@ -109,13 +106,10 @@ def test_weights_the_record_does_not_describe_are_replaced_as_before(tmp_path, d
     assert not torch.equal(resumed["weight"], first["weight"])
 
 
-def test_a_run_from_scratch_ignores_the_record_of_an_earlier_run(tmp_path) -> None:
+def test_a_run_from_scratch_ignores_the_record_of_an_earlier_run(tmp_path, monkeypatch) -> None:
     _run(tmp_path, 3)  # an earlier, finished run in the same folder: best 0.9
     (tmp_path / "checkpoint.pt").unlink()  # a new run from iteration 0
-    SCORES[1] = 0.1
-    try:
-        _run(tmp_path, 3, stop_after=1)
-        resumed = _run(tmp_path, 3)
-    finally:
-        SCORES[1] = 0.9
+    monkeypatch.setitem(SCORES, 1, 0.1)
+    _run(tmp_path, 3, stop_after=1)
+    resumed = _run(tmp_path, 3)
     assert (resumed["best"], resumed["best_epoch"]) == (0.6, 3)  # competes with its own epoch 1 (0.1), not the old 0.9
