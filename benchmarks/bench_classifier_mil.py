@@ -289,12 +289,14 @@ def scores(net, studies):
     return roc_auc(s, l), s, l
 
 def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, window=(100, 700), eval_every=100, seed=0, n_train=60, point_slices=6, tag="", pair=0.0, synth=0.0, synth_pair=False,
-        cohort="work/bench_recipes/cohort", results="work/bench_mil/results.jsonl", save_weights=False, datalist="datalist.json", bf16=False, oracle=0.0):
+        cohort="work/bench_recipes/cohort", results="work/bench_mil/results.jsonl", save_weights=False, datalist="datalist.json", bf16=False, oracle=0.0, point_every=0):
     """Train one candidate for ``iters`` iterations and print its curve, test slice AUC and pointing game.
 
     ``oracle`` > 0 is an upper bound, not a weakly supervised recipe: it adds ``oracle`` times a
     class-balanced pixel BCE between the network's logit map and the centre slice's *reference mask*
     (max-pooled to the map's grid), i.e. the same network, data and budget with full supervision.
+    ``point_every`` > 0 also plays the pointing game on the test studies at every evaluation whose
+    iteration is a multiple of it (a learning curve of localisation; it never selects a model).
     """
     torch.manual_seed(seed); rng = np.random.default_rng(seed)
     if oracle and (synth or crop or cutout):
@@ -308,7 +310,16 @@ def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, win
     warm = max(1, iters // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(i, iters) / iters)) if i >= warm else (i + 1) / warm))
     gen = batches(train, bs, rng, level_mix, crop, cutout, pair, synth, synth_pair, with_mask=bool(oracle))
-    t0 = time.perf_counter(); curve = []; losses = []; teval = 0.0
+    t0 = time.perf_counter(); curve = []; losses = []; teval = 0.0; point_curve = []
+    test_points = [(v.numpy(), m) for v, _, m in test]
+
+    def play(network):
+        network.eval()
+        explainer = IntegratedGradientsExplainer(network, n_steps=16, references=("fill",), max_batch=128)
+        result = pointing_game(explainer, test_points, max_slices_per_study=point_slices)
+        network.train()
+        return result
+
     for it in range(1, iters + 1):
         x, y, *mask = next(gen)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16)):
@@ -327,14 +338,18 @@ def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, win
             m = (time.perf_counter() - t0 - teval) / 60
             curve.append((it, round(m, 2), round(auc, 3), round(float(np.mean(losses[-eval_every:])), 3)))
             print(f"  [{tag or kind}] it {it} {m:.1f} train-min loss {curve[-1][3]} val AUC {auc:.3f}", flush=True)
+            if point_every and it % point_every == 0 and it != iters:
+                te = time.perf_counter(); g = play(net); teval += time.perf_counter() - te
+                point_curve.append((it, round(g.hit_rate, 3), float(np.median(g.distances_px))))
+                print(f"  [{tag or kind}] it {it} pointing game {g.hit_rate:.3f} (median {point_curve[-1][2]:.0f} px)", flush=True)
     train_min = (time.perf_counter() - t0 - teval) / 60
     test_auc, s, l = scores(net, test)
-    net.eval()
-    ex = IntegratedGradientsExplainer(net, n_steps=16, references=("fill",), max_batch=128)
-    game = pointing_game(ex, [(v.numpy(), m) for v, _, m in test], max_slices_per_study=point_slices)
+    game = play(net)
+    if point_every:
+        point_curve.append((iters, round(game.hit_rate, 3), float(np.median(game.distances_px))))
     res = dict(kind=kind, tag=tag, oracle=oracle, n_train=len(train), bf16=bool(bf16), iters=iters, bs=bs, lr=lr, level_mix=level_mix, crop=crop, cutout=bool(cutout), window=window, pair=pair, synth=synth, synth_pair=bool(synth_pair),
                train_min=round(train_min, 2), curve=curve, test_auc=round(test_auc, 3), pointing=round(game.hit_rate, 3), n_point=game.total,
-               med_dist=float(np.median(game.distances_px)))
+               med_dist=float(np.median(game.distances_px)), **({"point_curve": point_curve} if point_every else {}))
     print(f"RESULT {json.dumps(res)}", flush=True)
     Path(results).parent.mkdir(parents=True, exist_ok=True)
     with open(results, "a") as f: f.write(json.dumps(res) + "\n")
