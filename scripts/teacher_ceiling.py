@@ -26,25 +26,25 @@ from custom.io.records import json_ready
 from custom.teacher.oracle import DEFAULT_HIGH_THRESHOLDS, load_oracle_studies, teacher_ceiling
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "iexplain_teacher" / "configs"
-#: the teacher bundle's settings the ceiling uses, and their names as ``TeacherFactory`` arguments
-SETTINGS = {
-    "neighbourhood": "neighbourhood", "min_voxels": "min_voxels", "min_cluster_voxels": "min_cluster_voxels",
-    "max_center_distance_px": "max_center_distance_px", "blur_sigma_px": "blur_sigma_px", "paper_size_px": "paper_size_px",
-    "scale_to_grid": "scale_to_grid", "n_steps": "n_steps", "ig_method": "method", "references": "references",
-    "n_noise": "n_noise", "noise_level": "noise_level", "max_rounds": "max_rounds", "sigma": "sigma",
-    "mask_threshold": "mask_threshold", "cutout_fill": "fill_value", "max_batch": "max_batch",
-    "windows_per_batch": "windows_per_batch", "seed": "seed",
-}
+#: ``TeacherFactory`` arguments of the bundle's ``teacher`` component that the ceiling does not take from
+#: the config: the oracle replaces the classifier and its threshold, and ``teacher_ceiling`` fixes the
+#: high threshold (calibrated on the oracle) and the precision settings
+NOT_FROM_CONFIG = frozenset({"_target_", "classifier", "high_threshold", "clf_threshold", "autocast_dtype", "channels_last", "compile", "fold_batchnorm"})
 
 
 def teacher_settings(configs: Sequence[str], overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[float]]:
-    """``TeacherFactory`` arguments and the HU window from the teacher bundle's configs plus overrides."""
+    """``TeacherFactory`` arguments and the HU window from the teacher bundle's configs plus overrides.
+
+    The arguments are those of the config's ``teacher`` component (the wiring the bundle itself runs),
+    each resolved on its own, so the classifier is never built; ``NOT_FROM_CONFIG`` are left out.
+    """
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / name) if not Path(name).is_absolute() else name for name in configs])
     parser.update(dict(overrides or {}))
-    settings = {argument: parser.get_parsed_content(key) for key, argument in SETTINGS.items()}
+    arguments = [name for name in parser.get("teacher", {}) if name not in NOT_FROM_CONFIG]
+    settings = {name: parser.get_parsed_content(f"teacher#{name}") for name in arguments}
     return settings, [float(w) for w in parser.get_parsed_content("window")]
 
 

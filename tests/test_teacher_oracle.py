@@ -127,3 +127,21 @@ def test_pipeline_reads_an_unreadable_ceiling_as_not_run(tmp_path):
     path.write_text(json.dumps({"high_threshold": 0.1, "test": {}}))  # an older or broken layout
     reason = _ceiling(run)["reason"]
     assert str(path) in reason and "KeyError" in reason and "delete it" in reason
+
+
+def test_ceiling_script_takes_the_teacher_components_arguments_from_the_bundle_configs():
+    """``scripts/teacher_ceiling.py`` reads the bundle's ``teacher`` component (no list of its own): every
+    argument but the classifier, its threshold and the precision settings, with overrides applied."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("teacher_ceiling_script", repo / "scripts" / "teacher_ceiling.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    settings, window = script.teacher_settings(["inference.json", "demo.json"], {"n_steps": 3, "cutout_fill": 0.25})
+    assert settings["n_steps"] == 3 and settings["fill_value"] == 0.25 and settings["method"] == "gausslegendre"
+    assert window == [100.0, 700.0] and not script.NOT_FROM_CONFIG & set(settings)
+    assert {"neighbourhood", "min_cluster_voxels", "max_center_distance_px", "references", "max_rounds", "sigma", "seed"} <= set(settings)
+    # every setting is an argument the factory accepts (unknown ones raise)
+    TeacherFactory(EmbolusOracle(1.0), None, clf_threshold=0.5, autocast_dtype=None, channels_last=False, fold_batchnorm=False, **settings)
