@@ -79,7 +79,8 @@ def _results() -> dict:
         "students": {"teacher": _metrics(0.6173, 0.3517, 10), "student": _metrics(0.7034, 0.4126, 10),
                      "finetuned": _metrics(0.7391, 0.4488, 8), "random_init": _metrics(0.6821, 0.3972, 8)},
         "baselines": {"hu_threshold": {**_metrics(0.0213, 0.0041, 10), "train_minutes": None,
-                                       "rule": "20 <= HU <= 70"}},
+                                       "rule": "20 <= HU <= 70"},
+                      "slice_level": {"slice_auc": 0.7654, "n_bins": 20, "rule": "level"}},
         "detection_sites": {
             "sites": ["lymph_node", "vein", "outside"], "n_studies": 10, "threshold": 0.5, "min_share": 0.2,
             "volume_share": {"lymph_node": 0.000271, "vein": 0.0021, "outside": 0.6},
@@ -105,7 +106,7 @@ EXPECTED = ["0.935", "0.917", "0.728", "0.413", "0.952", "0.684", "211", "6.8", 
             "0.639", "0.448", "0.703", "0.739", "0.682", "0.021", "0.352", "0.413", "0.449", "0.397", "0.004", "1.42",
             "3.3", "123.4", "1843", "0.487", "0.272", "587", "9071", "261 to 436", "118 to 197", "flow_artifact 5",
             "central 7", "12.3 s per study", "0.314", "47", "0.593", "4, best", "0.027 %", "28 of 52 (54 %)",
-            "6 of 36 (17 %)", "46 (37 %)"]
+            "6 of 36 (17 %)", "46 (37 %)", "0.765"]
 
 
 def _write_overlays(path: Path, n: int = 2, size: int = 40) -> None:
@@ -377,3 +378,15 @@ def test_ceiling_table_puts_the_oracle_beside_this_runs_teacher():
     assert rows["unfiltered, iteration 1"][-1] == "0.909" and rows["filtered, strict (IoU > 0.5)"][-1] == "0.857"
     results["teacher"]["ceiling"] = {"reason": "needs the true embolus masks of the synthetic cohort"}
     assert all(row[2:] == ["not run"] * 3 for row in ceiling_table(results["teacher"]).rows)
+
+
+def test_classifier_table_shows_the_slice_level_baseline_under_the_auc():
+    from custom.report.tables import classifier_table
+
+    classifier = {"slice_auc": 0.7001, "pointing_slices": 3}
+    plain = classifier_table(classifier).to_markdown()
+    with_level = classifier_table(classifier, {"slice_auc": 0.7291}).to_markdown()
+    assert "level alone" not in plain
+    lines = with_level.splitlines()
+    auc = next(i for i, line in enumerate(lines) if line.startswith("| Slice AUC |"))
+    assert lines[auc + 1].startswith("| Slice AUC of the slice's level alone") and "| 0.729 |" in lines[auc + 1]

@@ -140,7 +140,9 @@ def _classifier(results: Mapping[str, Any]) -> Section:
     if isinstance(classifier, NotRun):
         out.blocks.append(_not_run(classifier))
         return out
-    out.blocks.append(classifier_table(classifier))
+    baselines = results.get("baselines")
+    slice_level = baselines.get("slice_level") if isinstance(baselines, Mapping) else None
+    out.blocks.append(classifier_table(classifier, slice_level if isinstance(slice_level, Mapping) else None))
     png = classifier_curve_png(classifier)
     if png is None:
         out.blocks.append(Paragraph("No validation curve was recorded in this run.", "note"))

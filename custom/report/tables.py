@@ -258,11 +258,13 @@ def cohort_table(cohort: Mapping[str, Any], source: str | None = None) -> Table:
                          "contrast of emboli and vessels, and the confounders present.")
 
 
-def classifier_table(classifier: Mapping[str, Any]) -> Table:
+def classifier_table(classifier: Mapping[str, Any], slice_level: Mapping[str, Any] | None = None) -> Table:
     """Table 1 analog: slice AUC and F1, study AUC and the pointing-game hit rate of the slice classifier.
 
     Args:
         classifier: ``results["classifier"]``.
+        slice_level: ``results["baselines"]["slice_level"]``, the slice AUC of the slice's level alone (a row
+            under the classifier's own AUC when given).
 
     Returns:
         Rows of metrics, with the paper's Table 1 values beside ours.
@@ -272,6 +274,8 @@ def classifier_table(classifier: Mapping[str, Any]) -> Table:
     slices = number(classifier, "pointing_slices", w)
     rows = [
         ["Slice AUC", format_rate(number(classifier, "slice_auc", w)), format_rate(PAPER["slice_auc"])],
+        *([["Slice AUC of the slice's level alone (baseline, no pixels)",
+            format_rate(number(slice_level, "slice_auc", "baselines.slice_level")), "—"]] if slice_level else []),
         [f"Slice F1 (threshold {format_rate(threshold)})", format_rate(number(classifier, "slice_f1", w)),
          format_rate(PAPER["slice_f1"])],
         ["Study AUC", format_rate(number(classifier, "study_auc", w)), "—"],
@@ -283,7 +287,8 @@ def classifier_table(classifier: Mapping[str, Any]) -> Table:
     ]
     return Table("Table 1 analog: slice classifier", ["Metric", "This run", PAPER_COLUMN], rows,
                  caption="Slice-level AUC and F1 on the test studies; the pointing game counts positive slices whose "
-                         "top Integrated-Gradients pixel lies on or within 3 px of an embolus.")
+                         "top Integrated-Gradients pixel lies on or within 3 px of an embolus. The level baseline scores "
+                         "each test slice with the positive rate of the training slices at the same relative level.")
 
 
 def recipe_table(recipe: Mapping[str, Any]) -> Table:
