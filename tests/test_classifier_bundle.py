@@ -131,7 +131,7 @@ def test_train_resume_evaluate_infer_through_cli(tiny_bundle, tmp_path):
     _run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
           str([str(configs / "train.json"), str(configs / "evaluate.json")]), *TINY, "--val_batch_size", "8"], cwd=tmp_path)
     metrics = dict(csv.reader((tiny_bundle / "eval" / "metrics.csv").open()))
-    assert {"val_auc", "slice_auc", "slice_f1", "study_auc"} <= set(metrics)
+    assert {"val_auc", "slice_auc", "slice_f1", "study_auc", "within_level_auc"} <= set(metrics)
 
     _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs / "inference.json"), *TINY], cwd=tmp_path)
     probabilities = json.loads((tiny_bundle / "output" / "slice_probabilities.json").read_text())

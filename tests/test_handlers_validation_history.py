@@ -48,3 +48,24 @@ def test_a_new_run_replaces_the_curve(tmp_path) -> None:
     _evaluator(SliceClassificationReport(history_file=str(path))).run([BATCH], max_epochs=1)
     history = json.loads(path.read_text())
     assert len(history) == 1 and history[0]["minutes"] < 5.0
+
+
+def test_the_report_separates_what_the_classifier_knows_beyond_the_level() -> None:
+    """Two studies of 10 slices: study a has an embolus on slices 4-5, study b none. A classifier that scores
+    the level only (high at slices 4-5 of any study) has a fair slice AUC and a within-level AUC of 0.5; one
+    that sees the embolus scores 1.0 on both."""
+    labels = {"a": [1 if 4 <= i <= 5 else 0 for i in range(10)], "b": [0] * 10}
+    level_only = [0.9 if 4 <= i <= 5 else 0.1 for i in range(10)]
+    batches = [[{"study_uid": s, "slice_index": i, "label": torch.tensor([float(labels[s][i])])} for i in range(10)] for s in labels]
+
+    def metrics(scores: dict) -> dict:
+        report = SliceClassificationReport()
+        engine = Engine(lambda e, batch: [{"pred": torch.tensor([scores[b["study_uid"]][b["slice_index"]]])} for b in batch])
+        report.attach(engine)
+        engine.run(batches, max_epochs=1)
+        return engine.state.metrics
+
+    reads_the_level = metrics({"a": level_only, "b": level_only})
+    assert reads_the_level["slice_auc"] > 0.9 and reads_the_level["within_level_auc"] == 0.5
+    sees_the_embolus = metrics({"a": [0.2 + 0.7 * y for y in labels["a"]], "b": [0.1] * 10})
+    assert sees_the_embolus["slice_auc"] == 1.0 and sees_the_embolus["within_level_auc"] == 1.0

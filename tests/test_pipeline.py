@@ -108,7 +108,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     level = results["baselines"]["slice_level"]["slice_auc"]
     assert level is not None and f"{level:.3f}" in report
     auc_target = next(t for t in results["targets"] if t["name"] == "classifier slice AUC")
-    assert auc_target["note"] == f"the slice's level alone: {level:.3f}"
+    within = results["classifier"]["within_level_auc"]
+    assert auc_target["note"] == f"the slice's level alone: {level:.3f}" + ("" if within is None else f"; the classifier within levels: {within:.3f}")
     f1 = results["students"]["student"]["f1"]
     assert f"{f1:.3f}" in report
     assert "data:image/png;base64," in html

@@ -21,6 +21,7 @@ import torch
 from monai.utils import min_version, optional_import
 
 from custom.io.atomic import atomic_path, write_json_atomic
+from custom.metrics.slice_level import within_level_auc
 
 idist, _ = optional_import("ignite.distributed", "0.4.11", min_version)
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -123,8 +124,10 @@ class SliceClassificationReport(_SliceCollector):
     """Validation report of the slice classifier (Condrea et al. 2025, Table 1 and section 3.4).
 
     At the end of each evaluation it writes into ``engine.state.metrics``: ``slice_auc``,
-    ``slice_f1`` at the best threshold, ``slice_threshold``, and ``study_auc`` (a study scored by its
-    maximum slice probability). When the evaluator's key metric has just improved, it saves
+    ``slice_f1`` at the best threshold, ``slice_threshold``, ``study_auc`` (a study scored by its
+    maximum slice probability), and ``within_level_auc``: the slice AUC over pairs of slices at the same
+    relative level only (:func:`custom.metrics.within_level_auc`, a study's evaluated slices in index
+    order), i.e. what the classifier knows beyond the level a slice lies at (0.5: nothing). When the evaluator's key metric has just improved, it saves
     ``{"threshold", "slice_auc", "slice_f1", "study_auc", "epoch"}`` to ``threshold_file`` beside the
     best weights; the teacher reads it as its classifier threshold.
 
@@ -180,11 +183,13 @@ class SliceClassificationReport(_SliceCollector):
         study_ids = sorted(set(studies.tolist()))
         study_prob = np.array([probs[studies == s].max() for s in study_ids])
         study_label = np.array([labels[studies == s].max() for s in study_ids])
+        within = within_level_auc([probs[studies == s] for s in study_ids], [labels[studies == s] for s in study_ids])
         self.summary = {
             "slice_auc": roc_auc(probs, labels),
             "slice_f1": f1,
             "slice_threshold": threshold,
             "study_auc": roc_auc(study_prob, study_label),
+            "within_level_auc": float("nan") if within is None else within,
         }
         engine.state.metrics.update(self.summary)
         if self.history_file and idist.get_rank() == 0:

@@ -1,5 +1,6 @@
 """Evaluation of PE localisation: per-PE cluster matching, its strict IoU variant, FROC, Ignite handler,
-and where detections fall (:mod:`custom.metrics.detection_sites`, a diagnostic).
+where detections fall (:mod:`custom.metrics.detection_sites`, a diagnostic), and how much of a slice
+classifier's AUC the slice's level explains (:mod:`custom.metrics.slice_level`).
 
 See :mod:`custom.metrics.cluster_matching` for the matching rules and the 0/0 conventions.
 """
@@ -27,8 +28,10 @@ from custom.metrics.froc import (
     sensitivity_at,
 )
 from custom.metrics.handlers import REPORT_KEYS, ClusterMatchingMetricHandler
+from custom.metrics.slice_level import DEFAULT_LEVEL_BINS, level_bins, slice_level_auc, within_level_auc
 
 __all__ = [
+    "DEFAULT_LEVEL_BINS",
     "DETAIL_COLUMNS",
     "FP_RATES",
     "REPORT_KEYS",
@@ -47,9 +50,12 @@ __all__ = [
     "froc_curve",
     "froc_from_scores",
     "label_clusters",
+    "level_bins",
     "match_clusters",
     "regions_touched",
     "score_detections",
     "sensitivity_at",
     "site_counts",
+    "slice_level_auc",
+    "within_level_auc",
 ]

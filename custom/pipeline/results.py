@@ -25,12 +25,10 @@ from custom.io.nifti import read_volume
 if TYPE_CHECKING:
     from custom.pipeline.run import PipelineRun
 
-__all__ = ["collect_results", "cohort_card", "false_detection_sites", "hu_threshold_baseline", "slice_level_auc", "slice_level_baseline"]
+__all__ = ["collect_results", "cohort_card", "false_detection_sites", "hu_threshold_baseline", "slice_level_baseline"]
 
 # HU range of a filling defect (issue 2: 20-70 HU); the baseline thresholds the whole volume with it.
 EMBOLUS_HU_RANGE = (20.0, 70.0)
-# bins of the slice-level baseline: each a 1/20 of the study's length
-SLICE_LEVEL_BINS = 20
 
 
 def _load(path: Path) -> Any:
@@ -99,51 +97,15 @@ def hu_threshold_baseline(run: PipelineRun) -> dict[str, Any]:
             "rule": f"{EMBOLUS_HU_RANGE[0]:g} <= HU <= {EMBOLUS_HU_RANGE[1]:g}"}
 
 
-def slice_level_auc(training: Sequence[Sequence[int]], test: Sequence[Sequence[int]], n_bins: int = SLICE_LEVEL_BINS) -> float | None:
-    """Test slice AUC of a classifier that sees only where a slice lies in its study.
-
-    Each slice's score is the positive rate of the training slices in the same bin of relative level
-    (``(index + 0.5) / n_slices``, ``n_bins`` equal bins, a +1/+2 Laplace prior): what the slice labels
-    alone say about the level, with no pixel looked at. A slice classifier below this has learned no
-    more than the level (on the synthetic cohort emboli sit at the levels of the central and lobar
-    arteries, as in real CTPA).
-
-    Args:
-        training: slice labels (0/1) per training study, in slice order.
-        test: slice labels per test study, in slice order.
-        n_bins: level bins.
-
-    Returns:
-        The AUC, or ``None`` when the test slices are all of one class.
-    """
-    from custom.handlers import roc_auc
-
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
-
-    def binned(studies: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        studies = [np.asarray(labels, dtype=float) for labels in studies if len(labels)]
-        if not studies:
-            return np.zeros(0, dtype=int), np.zeros(0)
-        level = np.concatenate([(np.arange(len(labels)) + 0.5) / len(labels) for labels in studies])
-        return np.minimum((level * n_bins).astype(int), n_bins - 1), np.concatenate(studies)
-
-    train_bins, train_labels = binned(training)
-    test_bins, test_labels = binned(test)
-    if test_labels.size == 0 or test_labels.min() == test_labels.max():
-        return None
-    positives = np.bincount(train_bins, weights=train_labels, minlength=n_bins)
-    totals = np.bincount(train_bins, minlength=n_bins)
-    rate = (positives + 1.0) / (totals + 2.0)
-    return float(roc_auc(rate[test_bins], test_labels))
-
-
 def slice_level_baseline(run: PipelineRun) -> dict[str, Any]:
-    """:func:`slice_level_auc` from the prepared datalist: the training split's slice labels, scored on the test split."""
+    """The classifier's baseline (:func:`custom.metrics.slice_level_auc`): the test slice AUC of the slice's level
+    alone, learned from the training split's slice labels in the prepared datalist."""
+    from custom.metrics.slice_level import DEFAULT_LEVEL_BINS, slice_level_auc
+
     datalist = json.loads((run.prepared / "datalist.json").read_text())
     labels = {split: [entry.get("slice_labels") or [] for entry in datalist.get(split, [])] for split in ("training", "test")}
-    return {"slice_auc": slice_level_auc(labels["training"], labels["test"]), "n_bins": SLICE_LEVEL_BINS,
-            "rule": f"positive rate of the training slices at the same relative level ({SLICE_LEVEL_BINS} bins)"}
+    return {"slice_auc": slice_level_auc(labels["training"], labels["test"]), "n_bins": DEFAULT_LEVEL_BINS,
+            "rule": f"positive rate of the training slices at the same relative level ({DEFAULT_LEVEL_BINS} bins)"}
 
 
 def false_detection_sites(run: PipelineRun) -> dict[str, Any]:
@@ -182,7 +144,7 @@ def _classifier(run: PipelineRun) -> dict[str, Any]:
     if metrics_csv.exists():
         with metrics_csv.open(newline="") as handle:
             rows = {k: _finite(v) for k, v in csv.reader(handle)}
-        out.update({k: rows.get(k) for k in ("slice_auc", "slice_f1", "study_auc")})
+        out.update({k: rows.get(k) for k in ("slice_auc", "slice_f1", "study_auc", "within_level_auc")})
     threshold = _load(root / "models" / "threshold.json")
     if threshold:
         out["threshold"] = threshold["threshold"]
@@ -235,8 +197,9 @@ def _targets(results: dict[str, Any], profile: str) -> list[dict[str, Any]]:
     teacher = (results.get("teacher") or {}).get("runs", {}).get("1", {})
     ceiling = get("teacher", "ceiling", "filtered", "f1")
     ceiling_note = "" if ceiling is None else f"the same teacher with an oracle classifier: {ceiling:.3f}"
-    level = get("baselines", "slice_level", "slice_auc")
-    level_note = "" if level is None else f"the slice's level alone: {level:.3f}"
+    level, within = get("baselines", "slice_level", "slice_auc"), get("classifier", "within_level_auc")
+    level_note = "; ".join(([] if level is None else [f"the slice's level alone: {level:.3f}"])
+                           + ([] if within is None else [f"the classifier within levels: {within:.3f}"]))
     out = [
         target("classifier slice AUC", get("classifier", "slice_auc"), ">= 0.90", at_least(get("classifier", "slice_auc"), 0.90), level_note),
         target("pointing-game hit rate", get("classifier", "pointing_hit_rate"), ">= 0.6", at_least(get("classifier", "pointing_hit_rate"), 0.6)),

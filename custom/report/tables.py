@@ -276,6 +276,8 @@ def classifier_table(classifier: Mapping[str, Any], slice_level: Mapping[str, An
         ["Slice AUC", format_rate(number(classifier, "slice_auc", w)), format_rate(PAPER["slice_auc"])],
         *([["Slice AUC of the slice's level alone (baseline, no pixels)",
             format_rate(number(slice_level, "slice_auc", "baselines.slice_level")), "—"]] if slice_level else []),
+        *([["Slice AUC within levels (beyond the level; 0.5: nothing)", format_rate(number(classifier, "within_level_auc", w)), "—"]]
+          if number(classifier, "within_level_auc", w) is not None else []),
         [f"Slice F1 (threshold {format_rate(threshold)})", format_rate(number(classifier, "slice_f1", w)),
          format_rate(PAPER["slice_f1"])],
         ["Study AUC", format_rate(number(classifier, "study_auc", w)), "—"],
@@ -288,7 +290,8 @@ def classifier_table(classifier: Mapping[str, Any], slice_level: Mapping[str, An
     return Table("Table 1 analog: slice classifier", ["Metric", "This run", PAPER_COLUMN], rows,
                  caption="Slice-level AUC and F1 on the test studies; the pointing game counts positive slices whose "
                          "top Integrated-Gradients pixel lies on or within 3 px of an embolus. The level baseline scores "
-                         "each test slice with the positive rate of the training slices at the same relative level.")
+                         "each test slice with the positive rate of the training slices at the same relative level; the "
+                         "AUC within levels counts only pairs of slices at the same level (20 bins of each study's length).")
 
 
 def recipe_table(recipe: Mapping[str, Any]) -> Table:

@@ -1,4 +1,5 @@
-"""The classifier's baseline: the slice AUC of the slice's level alone, learned from the training slice labels."""
+"""custom.metrics.slice_level: the slice AUC of the slice's level alone (the classifier's baseline in the report)
+and a classifier's AUC within levels; and the pipeline's baseline record."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from custom.pipeline.results import slice_level_auc, slice_level_baseline
+from custom.handlers import roc_auc
+from custom.metrics import level_bins, slice_level_auc, within_level_auc
+from custom.pipeline.results import slice_level_baseline
 from custom.pipeline.run import PipelineRun
 
 
@@ -47,3 +50,26 @@ def test_baseline_reads_the_prepared_datalist(tmp_path):
     baseline = slice_level_baseline(run)
     expected = slice_level_auc([e["slice_labels"] for e in entries["training"]], [e["slice_labels"] for e in entries["test"]])
     assert baseline["slice_auc"] == pytest.approx(expected) and baseline["n_bins"] == 20 and 0.5 < expected <= 1.0
+
+
+def test_level_bins_split_any_study_length_evenly():
+    assert level_bins(4, 2).tolist() == [0, 0, 1, 1] and level_bins(5, 5).tolist() == [0, 1, 2, 3, 4]
+    counts = np.bincount(level_bins(96, 20))
+    assert counts.size == 20 and set(counts.tolist()) == {4, 5} and counts.sum() == 96 and level_bins(0).size == 0
+
+
+def test_within_level_auc_is_half_for_a_classifier_that_reads_the_level_only():
+    rng = np.random.default_rng(1)
+    prior = np.exp(-(((np.arange(20) - 10) / 3.0) ** 2))[level_bins(60)]  # positive rate by level bin
+    labels = [(rng.random(60) < prior).astype(int) for _ in range(20)]
+    level_only = [prior for _ in labels]  # the level's prior, no pixels
+    oracle = [lab + 0.01 * s for lab, s in zip(labels, level_only)]  # knows every slice
+    assert roc_auc(np.concatenate(level_only), np.concatenate(labels)) > 0.8  # a good AUC from the level alone
+    assert within_level_auc(level_only, labels) == pytest.approx(0.5)  # ... and nothing beyond it
+    assert within_level_auc(oracle, labels) == pytest.approx(1.0)
+    # within one bin the measure is the plain AUC
+    scores = rng.random(40); truth = (rng.random(40) < 0.4).astype(int)
+    assert within_level_auc([scores], [truth], n_bins=1) == pytest.approx(roc_auc(scores, truth))
+    with pytest.raises(ValueError, match="same number"):
+        within_level_auc([scores], [truth[:-1]])
+    assert within_level_auc([scores], [np.zeros(40, dtype=int)]) is None
