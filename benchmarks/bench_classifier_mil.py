@@ -4,7 +4,8 @@
 cohort in memory and trains plain PyTorch loops, so a candidate costs only its network's time and
 more candidates fit in an hour. It asks whether a recipe makes the classifier *look at the embolus*:
 for each candidate it prints validation slice AUC against training minutes, then on the held-out
-test studies the slice AUC and the pointing-game hit rate (top Integrated Gradients pixel, "fill"
+test studies the slice AUC, the AUC within levels (``custom.metrics.within_level_auc``: what the
+network knows beyond the level a slice lies at) and the pointing-game hit rate (top Integrated Gradients pixel, "fill"
 reference, 16 steps, on or within 3 px of an embolus), with the median distance of the top pixel.
 
 Candidates (``--kind``):
@@ -50,6 +51,7 @@ from custom.explain.aggregation import window_slice_indices
 from custom.explain import IntegratedGradientsExplainer
 from custom.explain.pointing_game import pointing_game
 from custom.handlers import roc_auc
+from custom.metrics import within_level_auc
 from custom.networks import SliceClassifier
 import timm
 
@@ -285,8 +287,9 @@ def scores(net, studies):
         s.append(torch.cat([net(mini[i:i+48].contiguous(memory_format=torch.channels_last)) for i in range(0, len(mini), 48)]).flatten())
         l.append(lab)
     net.train()
+    within = within_level_auc([x.numpy() for x in s], l)
     s = torch.cat(s).numpy(); l = np.concatenate(l)
-    return roc_auc(s, l), s, l
+    return roc_auc(s, l), s, l, within
 
 def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, window=(100, 700), eval_every=100, seed=0, n_train=60, point_slices=6, tag="", pair=0.0, synth=0.0, synth_pair=False,
         cohort="work/bench_recipes/cohort", results="work/bench_mil/results.jsonl", save_weights=False, datalist="datalist.json", bf16=False, oracle=0.0, point_every=0):
@@ -343,12 +346,13 @@ def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, win
                 point_curve.append((it, round(g.hit_rate, 3), float(np.median(g.distances_px))))
                 print(f"  [{tag or kind}] it {it} pointing game {g.hit_rate:.3f} (median {point_curve[-1][2]:.0f} px)", flush=True)
     train_min = (time.perf_counter() - t0 - teval) / 60
-    test_auc, s, l = scores(net, test)
+    test_auc, s, l, test_within = scores(net, test)
     game = play(net)
     if point_every:
         point_curve.append((iters, round(game.hit_rate, 3), float(np.median(game.distances_px))))
     res = dict(kind=kind, tag=tag, oracle=oracle, n_train=len(train), bf16=bool(bf16), iters=iters, bs=bs, lr=lr, level_mix=level_mix, crop=crop, cutout=bool(cutout), window=window, pair=pair, synth=synth, synth_pair=bool(synth_pair),
-               train_min=round(train_min, 2), curve=curve, test_auc=round(test_auc, 3), pointing=round(game.hit_rate, 3), n_point=game.total,
+               train_min=round(train_min, 2), curve=curve, test_auc=round(test_auc, 3),
+               test_within_level_auc=None if test_within is None else round(test_within, 3), pointing=round(game.hit_rate, 3), n_point=game.total,
                med_dist=float(np.median(game.distances_px)), **({"point_curve": point_curve} if point_every else {}))
     print(f"RESULT {json.dumps(res)}", flush=True)
     Path(results).parent.mkdir(parents=True, exist_ok=True)

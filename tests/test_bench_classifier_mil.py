@@ -65,3 +65,33 @@ def test_oracle_refuses_augmentations_that_would_misplace_masks(bench):
 def test_oracle_refuses_networks_without_a_logit_map(bench):
     with pytest.raises(ValueError, match="logit map"):
         bench.run("b0s2", oracle=1.0, cohort="/nonexistent")
+
+
+def test_scores_report_the_auc_within_levels(bench):
+    """Three studies with positives at shifted levels: a network that reads the embolus (the centre slice's
+    marker is brighter on positive slices) scores 1 overall and within levels; one that scores only the
+    slice's level gets 0.5 within levels."""
+    studies = []
+    for s in range(3):
+        volume, labels, mask = _study(seed=s, positive=range(8 + s, 12 + s))
+        volume[torch.as_tensor(mask)] = 2.0
+        studies.append((volume, labels, mask))
+    auc, _, _, within = bench.scores(_CentreMax(), studies)
+    assert auc == 1.0 and within == 1.0
+    auc, _, _, within = bench.scores(_LevelOnly(), studies)
+    assert within == 0.5 and auc > 0.5
+
+
+class _CentreMax(torch.nn.Module):
+    def forward(self, x):  # (B, 7, H, W): the brightest pixel of the window's centre slice
+        return x[:, 3].amax(dim=(-2, -1)).reshape(-1, 1)
+
+
+class _LevelOnly(torch.nn.Module):
+    """Scores each mini-volume by the level bin of its position in the batch of one study (the benchmark scores
+    a study's mini-volumes in one batch)."""
+
+    def forward(self, x):
+        from custom.metrics import level_bins
+
+        return -torch.abs(torch.as_tensor(level_bins(x.shape[0]), dtype=torch.float32) - 9.5).reshape(-1, 1)
