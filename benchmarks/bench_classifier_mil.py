@@ -302,6 +302,8 @@ def run(kind, iters=400, bs=32, lr=3e-3, level_mix=0.5, crop=0, cutout=None, win
     iteration is a multiple of it (a learning curve of localisation; it never selects a model).
     """
     torch.manual_seed(seed); rng = np.random.default_rng(seed)
+    if point_every and point_every % eval_every:
+        raise ValueError(f"--point_every ({point_every}) must be a multiple of --eval_every ({eval_every}): the game is played at evaluations")
     if oracle and (synth or crop or cutout):
         raise ValueError("--oracle runs without --synth, --crop and --cutout")
     net = make_net(kind).to(memory_format=torch.channels_last)

@@ -36,14 +36,15 @@ def teacher_settings(configs: Sequence[str], overrides: Mapping[str, Any] | None
     """``TeacherFactory`` arguments and the HU window from the teacher bundle's configs plus overrides.
 
     The arguments are those of the config's ``teacher`` component (the wiring the bundle itself runs),
-    each resolved on its own, so the classifier is never built; ``NOT_FROM_CONFIG`` are left out.
+    each resolved on its own, so the classifier is never built; ``NOT_FROM_CONFIG`` and MONAI's special keys
+    (``_target_``, ``_requires_``, ``_disabled_``, ...) are left out.
     """
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / name) if not Path(name).is_absolute() else name for name in configs])
     parser.update(dict(overrides or {}))
-    arguments = [name for name in parser.get("teacher", {}) if name not in NOT_FROM_CONFIG]
+    arguments = [name for name in parser.get("teacher", {}) if not name.startswith("_") and name not in NOT_FROM_CONFIG]
     settings = {name: parser.get_parsed_content(f"teacher#{name}") for name in arguments}
     return settings, [float(w) for w in parser.get_parsed_content("window")]
 

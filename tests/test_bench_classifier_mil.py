@@ -76,6 +76,7 @@ def test_scores_report_the_auc_within_levels(bench):
         volume, labels, mask = _study(seed=s, positive=range(8 + s, 12 + s))
         volume[torch.as_tensor(mask)] = 2.0
         studies.append((volume, labels, mask))
+    assert all(volume.shape[0] <= 48 for volume, _, _ in studies)  # one batch per study (see _LevelOnly)
     auc, _, _, within = bench.scores(_CentreMax(), studies)
     assert auc == 1.0 and within == 1.0
     auc, _, _, within = bench.scores(_LevelOnly(), studies)
@@ -88,8 +89,8 @@ class _CentreMax(torch.nn.Module):
 
 
 class _LevelOnly(torch.nn.Module):
-    """Scores each mini-volume by the level bin of its position in the batch of one study (the benchmark scores
-    a study's mini-volumes in one batch)."""
+    """Scores each mini-volume by the level bin of its position in its batch: the study's level while the
+    benchmark scores a study's mini-volumes in one batch (up to 48; the studies here have 24 slices)."""
 
     def forward(self, x):
         from custom.metrics import level_bins

@@ -69,3 +69,5 @@ def test_the_report_separates_what_the_classifier_knows_beyond_the_level() -> No
     assert reads_the_level["slice_auc"] > 0.9 and reads_the_level["within_level_auc"] == 0.5
     sees_the_embolus = metrics({"a": [0.2 + 0.7 * y for y in labels["a"]], "b": [0.1] * 10})
     assert sees_the_embolus["slice_auc"] == 1.0 and sees_the_embolus["within_level_auc"] == 1.0
+    diverged = metrics({"a": [float("nan")] * 10, "b": level_only})  # a NaN network: NaN, not a crash
+    assert diverged["within_level_auc"] != diverged["within_level_auc"]

@@ -33,9 +33,11 @@ def test_level_alone_ranks_slices_by_the_training_rate_at_their_relative_level()
 
 def test_level_alone_matches_a_hand_computed_auc():
     training = [[0, 0, 1, 1], [0, 1, 1, 0]]  # 2 bins: rates (1+1)/(4+2) = 1/3 for the first half, (3+1)/(4+2) = 2/3
-    test = [[1, 0, 0, 1]]  # scores 1/3, 1/3, 2/3, 2/3: the pair (1st, 3rd) wrong, (1st, 2nd) and (4th, 3rd) ties
-    # positives {0: 1/3, 3: 2/3}, negatives {1: 1/3, 2: 2/3}: pairs 1/3v1/3 tie, 1/3v2/3 lose, 2/3v1/3 win, 2/3v2/3 tie
-    assert slice_level_auc(training, test, n_bins=2) == pytest.approx((0.5 + 0 + 1 + 0.5) / 4)
+    test = [[1, 0, 1, 1]]  # scores 1/3, 1/3, 2/3, 2/3; the one negative (slice 1) scores 1/3
+    # positives 1/3 (tie: 0.5), 2/3 (win: 1), 2/3 (win: 1) against it
+    assert slice_level_auc(training, test, n_bins=2) == pytest.approx((0.5 + 1 + 1) / 3)
+    assert slice_level_auc([[0] * 4] * 2, test, n_bins=2) == pytest.approx(0.5)  # no positive anywhere: all ties
+    assert slice_level_auc([], test) is None  # nothing to learn the level from
     with pytest.raises(ValueError, match="n_bins"):
         slice_level_auc(training, test, n_bins=0)
 
@@ -72,4 +74,6 @@ def test_within_level_auc_is_half_for_a_classifier_that_reads_the_level_only():
     assert within_level_auc([scores], [truth], n_bins=1) == pytest.approx(roc_auc(scores, truth))
     with pytest.raises(ValueError, match="same number"):
         within_level_auc([scores], [truth[:-1]])
+    with pytest.raises(ValueError, match="finite"):
+        within_level_auc([np.where(np.arange(40) == 3, np.nan, scores)], [truth])
     assert within_level_auc([scores], [np.zeros(40, dtype=int)]) is None

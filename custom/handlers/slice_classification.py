@@ -127,9 +127,10 @@ class SliceClassificationReport(_SliceCollector):
     ``slice_f1`` at the best threshold, ``slice_threshold``, ``study_auc`` (a study scored by its
     maximum slice probability), and ``within_level_auc``: the slice AUC over pairs of slices at the same
     relative level only (:func:`custom.metrics.within_level_auc`, a study's evaluated slices in index
-    order), i.e. what the classifier knows beyond the level a slice lies at (0.5: nothing). When the evaluator's key metric has just improved, it saves
-    ``{"threshold", "slice_auc", "slice_f1", "study_auc", "epoch"}`` to ``threshold_file`` beside the
-    best weights; the teacher reads it as its classifier threshold.
+    order), i.e. what the classifier knows beyond the level a slice lies at (0.5: nothing; NaN when no
+    level holds both classes). When the evaluator's key metric has just improved, it saves
+    ``{"threshold", "slice_auc", "slice_f1", "study_auc", "within_level_auc", "epoch"}`` to
+    ``threshold_file`` beside the best weights; the teacher reads its threshold.
 
     With ``history_file`` it also keeps the validation curve: one record per evaluation with the
     minutes since the handler was created (the training run's start), for AUC-against-time plots.
@@ -183,7 +184,8 @@ class SliceClassificationReport(_SliceCollector):
         study_ids = sorted(set(studies.tolist()))
         study_prob = np.array([probs[studies == s].max() for s in study_ids])
         study_label = np.array([labels[studies == s].max() for s in study_ids])
-        within = within_level_auc([probs[studies == s] for s in study_ids], [labels[studies == s] for s in study_ids])
+        within = (within_level_auc([probs[studies == s] for s in study_ids], [labels[studies == s] for s in study_ids])
+                  if np.isfinite(probs).all() else None)  # a diverged network: NaN, as its other metrics
         self.summary = {
             "slice_auc": roc_auc(probs, labels),
             "slice_f1": f1,

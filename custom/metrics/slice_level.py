@@ -11,7 +11,9 @@ at an embolus, and the iExplain teacher then has nothing to explain. Two numbers
   what it knows beyond the level (0.5: nothing).
 
 Levels are ``(index + 0.5) / n_slices`` in ``n_bins`` equal bins; slices must be in body-axis order
-(prepared studies are sorted by ImagePositionPatient).
+(prepared studies are sorted by ImagePositionPatient). The pairs of a level are pooled across studies,
+so "beyond the level" also credits what tells whole studies apart (contrast, body size, a study with
+emboli elsewhere), not only the embolus on the slice.
 """
 
 from __future__ import annotations
@@ -63,9 +65,11 @@ def slice_level_auc(training: Sequence[Sequence[int]], test: Sequence[Sequence[i
         n_bins: level bins.
 
     Returns:
-        The AUC, or ``None`` when the test slices are all of one class.
+        The AUC, or ``None`` when there are no training slices or the test slices are all of one class.
     """
     train_bins, train_labels = _pooled(training, n_bins)
+    if train_labels.size == 0:
+        return None
     test_bins, test_labels = _pooled(test, n_bins)
     positives = np.bincount(train_bins, weights=train_labels, minlength=n_bins)
     totals = np.bincount(train_bins, minlength=n_bins)
@@ -86,10 +90,15 @@ def within_level_auc(scores: Sequence[Sequence[float]], labels: Sequence[Sequenc
 
     Returns:
         The AUC, or ``None`` when no bin holds both classes.
+
+    Raises:
+        ValueError: mismatched shapes, or a score that is not finite.
     """
     if len(scores) != len(labels) or any(len(s) != len(lab) for s, lab in zip(scores, labels)):
         raise ValueError("scores and labels need the same number of studies and of slices per study")
     bins, values = _pooled(scores, n_bins)
+    if not np.isfinite(values).all():
+        raise ValueError("scores must be finite (a NaN or infinite score cannot be ranked)")
     _, truth = _pooled(labels, n_bins)
     right = pairs = 0.0
     for b in np.unique(bins):

@@ -291,7 +291,7 @@ def classifier_table(classifier: Mapping[str, Any], slice_level: Mapping[str, An
                  caption="Slice-level AUC and F1 on the test studies; the pointing game counts positive slices whose "
                          "top Integrated-Gradients pixel lies on or within 3 px of an embolus. The level baseline scores "
                          "each test slice with the positive rate of the training slices at the same relative level; the "
-                         "AUC within levels counts only pairs of slices at the same level (20 bins of each study's length).")
+                         "AUC within levels counts only pairs of slices at the same level (equal bins of each study's length).")
 
 
 def recipe_table(recipe: Mapping[str, Any]) -> Table:
