@@ -181,10 +181,11 @@ class SliceClassificationReport(_SliceCollector):
         probs = np.array([r[2] for r in rows], dtype=np.float64)
         labels = np.array([r[3] for r in rows], dtype=np.float64)
         threshold, f1 = best_f1_threshold(probs, labels)
-        study_ids = sorted(set(studies.tolist()))
-        study_prob = np.array([probs[studies == s].max() for s in study_ids])
-        study_label = np.array([labels[studies == s].max() for s in study_ids])
-        within = (within_level_auc([probs[studies == s] for s in study_ids], [labels[studies == s] for s in study_ids])
+        # each study's slices in index order (``gathered`` sorts by study, then slice)
+        per_study = [(probs[studies == s], labels[studies == s]) for s in sorted(set(studies.tolist()))]
+        study_prob = np.array([p.max() for p, _ in per_study])
+        study_label = np.array([y.max() for _, y in per_study])
+        within = (within_level_auc([p for p, _ in per_study], [y for _, y in per_study])
                   if np.isfinite(probs).all() else None)  # a diverged network: NaN, as its other metrics
         self.summary = {
             "slice_auc": roc_auc(probs, labels),
